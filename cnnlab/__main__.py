@@ -1,0 +1,40 @@
+"""`python -m cnnlab <overrides>` and the `cnnlab` console script: the Hydra entrypoint."""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from cnnlab.errors import UserError
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def app(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from cnnlab.run import run
+
+    try:
+        return run(cfg)
+    except UserError as e:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # the sweep records this job as failed and goes on
+        print(f"cnnlab: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "report":
+        from cnnlab.report import main as report_main
+
+        sys.argv = [f"{sys.argv[0]} report", *sys.argv[2:]]
+        report_main()
+        return
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+"""Errors a user can fix. The entrypoint prints them as one clear message (no traceback) and exits 2."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Something the user asked for or supplied is wrong; the message says what and how to fix it."""
+
+
+class ConfigError(UserError):
+    """A config value is not allowed: names the key, the value, what is allowed and the override to fix it."""
+
+    def __init__(self, key: str, value: object, allowed: str, fix: str | None = None) -> None:
+        self.key, self.value, self.allowed = key, value, allowed
+        fix = fix or f"{key}=<value>"
+        super().__init__(f"{key}={value!r} is not allowed: {allowed}. Fix it with the override `{fix}`.")
+
+
+class DataError(UserError):
+    """Dataset files are missing, unreadable or corrupt."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint is missing, corrupt, unsafe, or does not fit the model."""

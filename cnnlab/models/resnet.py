@@ -1,0 +1,127 @@
+"""CIFAR-style ResNet of He et al. 2016 (section 4.2) and its plain twin.
+
+depth = 6n + 2: a 3x3 stem conv, three stages of n basic blocks with width, 2*width and 4*width channels
+(stride 2 at the first block of stages 2 and 3), global average pooling and one linear layer.
+`features` ends at the last convolutional maps, so CAM and the fully-convolutional form can reuse it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnlab.errors import ConfigError
+
+SHORTCUTS = ("A", "B", "C")
+
+
+def check_depth(depth: int) -> int:
+    """Return n for depth = 6n + 2, or raise an error that lists the nearest valid depths."""
+    if isinstance(depth, int) and not isinstance(depth, bool) and depth >= 8 and (depth - 2) % 6 == 0:
+        return (depth - 2) // 6
+    guess = depth if isinstance(depth, (int, float)) else 20
+    n = max(1, round((guess - 2) / 6))
+    near = sorted({6 * k + 2 for k in (n - 1, n, n + 1) if k >= 1})
+    best = min(near, key=lambda d: abs(d - guess))
+    raise ConfigError(
+        "model.depth",
+        depth,
+        f"6n+2 with n >= 1 (20, 32, 44, 56, 110, ...); nearest: {near}",
+        f"model.depth={best}",
+    )
+
+
+def _conv3x3(cin: int, cout: int, stride: int, bias: bool) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=bias)
+
+
+def _norm(channels: int, batch_norm: bool) -> nn.Module:
+    return nn.BatchNorm2d(channels) if batch_norm else nn.Identity()
+
+
+class PadShortcut(nn.Module):
+    """Option A: parameter-free identity, subsampled and zero-padded in channels where the shape changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.stride, self.extra = stride, cout - cin
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, 0, self.extra)) if self.extra else x
+
+
+def _projection(cin: int, cout: int, stride: int, batch_norm: bool) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=not batch_norm), _norm(cout, batch_norm))
+
+
+class BasicBlock(nn.Module):
+    """conv-BN-ReLU-conv-BN, plus the shortcut when residual, then ReLU (post-activation)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, residual: bool, shortcut: str, batch_norm: bool) -> None:
+        super().__init__()
+        self.conv1 = _conv3x3(cin, cout, stride, bias=not batch_norm)
+        self.bn1 = _norm(cout, batch_norm)
+        self.conv2 = _conv3x3(cout, cout, 1, bias=not batch_norm)
+        self.bn2 = _norm(cout, batch_norm)
+        self.shortcut: nn.Module | None = None
+        if residual:
+            reshapes = stride != 1 or cin != cout
+            if shortcut == "C" or (shortcut == "B" and reshapes):
+                self.shortcut = _projection(cin, cout, stride, batch_norm)
+            else:
+                self.shortcut = PadShortcut(cin, cout, stride) if reshapes else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.shortcut is not None:
+            out = out + self.shortcut(x)
+        return F.relu(out)
+
+
+class ResNet(nn.Module):
+    def __init__(
+        self,
+        depth: int = 20,
+        width: int = 16,
+        residual: bool = True,
+        shortcut: str = "A",
+        batch_norm: bool = True,
+        in_channels: int = 3,
+        num_classes: int = 10,
+    ) -> None:
+        super().__init__()
+        n = check_depth(depth)
+        if not isinstance(width, int) or width <= 0:
+            raise ConfigError("model.width", width, "a positive integer (16 in the paper)", "model.width=16")
+        shortcut = str(shortcut).upper()
+        if shortcut not in SHORTCUTS:
+            raise ConfigError("model.shortcut", shortcut, "A, B or C", "model.shortcut=A")
+        layers: list[nn.Module] = [
+            _conv3x3(in_channels, width, 1, bias=not batch_norm),
+            _norm(width, batch_norm),
+            nn.ReLU(inplace=True),
+        ]
+        cin = width
+        for stage, cout in enumerate((width, 2 * width, 4 * width)):
+            for i in range(n):
+                stride = 2 if stage > 0 and i == 0 else 1
+                layers.append(BasicBlock(cin, cout, stride, residual, shortcut, batch_norm))
+                cin = cout
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+        self.stride = 4  # input pixels per cell of the last feature maps
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))

@@ -1,0 +1,68 @@
+"""What a task leaves behind: metrics.json (flat keys), a summary table, and the same in the logger."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+
+def confusion(targets: torch.Tensor, preds: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """matrix[true, predicted] counts."""
+    flat = targets.long() * num_classes + preds.long()
+    return torch.bincount(flat, minlength=num_classes**2).view(num_classes, num_classes)
+
+
+def per_class(matrix: torch.Tensor) -> dict[str, float]:
+    """Flat precision/recall/F1 per class from a confusion matrix."""
+    tp = matrix.diag().double()
+    precision = tp / matrix.sum(0).clamp(min=1)
+    recall = tp / matrix.sum(1).clamp(min=1)
+    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+    out = {}
+    for c in range(matrix.shape[0]):
+        out |= {
+            f"class{c}_precision": precision[c].item(),
+            f"class{c}_recall": recall[c].item(),
+            f"class{c}_f1": f1[c].item(),
+        }
+    return out
+
+
+def write_json(path: Path, data: dict[str, Any]) -> Path:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def print_table(title: str, metrics: dict[str, Any], keys: list[str] | None = None) -> None:
+    table = Table(title=title, show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in keys or list(metrics):
+        if key in metrics:
+            value = metrics[key]
+            table.add_row(
+                key,
+                f"{value:.4f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value),
+            )
+    Console(stderr=True).print(table)
+
+
+def class_table(matrix: torch.Tensor, scores: dict[str, float]) -> None:
+    table = Table(title="per class", show_header=True)
+    for column in ("class", "precision", "recall", "f1", "support"):
+        table.add_column(column, justify="right")
+    for c in range(matrix.shape[0]):
+        table.add_row(
+            str(c),
+            *(f"{scores[f'class{c}_{k}']:.4f}" for k in ("precision", "recall", "f1")),
+            str(int(matrix[c].sum())),
+        )
+    Console(stderr=True).print(table)

@@ -1,0 +1,146 @@
+"""One run: validate the config, seed, pick the device and threads, start the logger, dispatch the task.
+
+The logger is always finished here, also when the task raises, so jobs of a multirun never share a run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from cnnlab import tasks
+from cnnlab.errors import ConfigError
+from cnnlab.tracking import NullLogger
+from cnnlab.training.trainer import TrainerConfig
+
+log = logging.getLogger("cnnlab")
+
+
+@dataclass
+class Context:
+    """What every task gets: the composed config and the run's resources."""
+
+    cfg: DictConfig
+    run_dir: Path
+    device: torch.device
+    logger: NullLogger
+
+
+def run(cfg: DictConfig) -> float:
+    validate(cfg)
+    device = resolve_device(str(cfg.trainer.device))
+    torch.set_num_threads(thread_count(cfg.trainer.threads))
+    seed_everything(int(cfg.seed))
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    print_config(cfg)
+    logger: NullLogger = instantiate(cfg.logger)
+    task = tasks.get(cfg.task.name)
+    logger.start(config_dict(cfg), run_dir, run_name(cfg), group=sweep_group())
+    exit_code = 1
+    try:
+        result = task(Context(cfg, run_dir, device, logger))
+        exit_code = 0
+        return result
+    finally:
+        logger.finish(exit_code)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks that need no data, so a typo fails in a second, before anything is written."""
+    if not isinstance(cfg.seed, int):
+        raise ConfigError("seed", cfg.seed, "an integer", "seed=0")
+    lr = cfg.optimizer.get("lr")
+    if not isinstance(lr, (int, float)) or lr <= 0:
+        raise ConfigError("optimizer.lr", lr, "a positive number", "optimizer.lr=0.1")
+    TrainerConfig.from_config(cfg.trainer)
+    instantiate(cfg.scheduler)(steps_per_epoch=1, total_steps=1)
+    if cfg.dataset.name == "mnist_sample" or cfg.dataset.root is None:
+        return
+    root = Path(cfg.dataset.root)
+    if root.exists() and not root.is_dir():
+        raise ConfigError("dataset.root", str(root), "a directory", "dataset.root=DIR")
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ConfigError("trainer.device", spec, "auto, cpu, cuda or cuda:N", "trainer.device=auto") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                "trainer.device", spec, "auto or cpu: this machine has no CUDA GPU", "trainer.device=auto"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError("trainer.device", spec, f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    elif device.type != "cpu":
+        raise ConfigError("trainer.device", spec, "auto, cpu, cuda or cuda:N", "trainer.device=auto")
+    return device
+
+
+def thread_count(threads: int | None) -> int:
+    """trainer.threads, or the cores divided by the jobs running in parallel (joblib launcher)."""
+    if threads is not None:
+        if threads <= 0:
+            raise ConfigError("trainer.threads", threads, "a positive integer or null", "trainer.threads=null")
+        return int(threads)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    jobs = 1
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:
+        n_jobs = hc.launcher.get("n_jobs")
+        jobs = cores if n_jobs is not None and n_jobs < 0 else int(n_jobs or 1)
+    return max(1, cores // max(1, jobs))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def run_name(cfg: DictConfig) -> str:
+    """A readable name from the config, e.g. resnet56-plain-s1 or mlp-s0."""
+    m = cfg.model
+    if "depth" in m:
+        kind = "res" if m.residual else "plain"
+        return f"resnet{m.depth}-{kind}-s{cfg.seed}"
+    return f"{str(m._target_).rsplit('.', 1)[-1].lower()}-s{cfg.seed}"
+
+
+def sweep_group() -> str | None:
+    """Jobs of one multirun share a W&B group named after the sweep dir."""
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return None
+    sweep = Path(hc.sweep.dir)
+    return f"{sweep.parent.name}/{sweep.name}"
+
+
+def print_config(cfg: DictConfig) -> None:
+    from rich.console import Console
+    from rich.syntax import Syntax
+    from rich.tree import Tree
+
+    tree = Tree("config")
+    for key, value in cfg.items():
+        text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
+        tree.add(str(key)).add(Syntax(text.rstrip(), "yaml", theme="ansi_dark"))
+    Console(stderr=True).print(tree)
+
+
+def config_dict(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

@@ -1,0 +1,1 @@
+"""The one training loop, its learning-rate schedules and checkpoints."""
