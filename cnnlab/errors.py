@@ -11,9 +11,13 @@ class ConfigError(UserError):
     """A config value is not allowed: names the key, the value, what is allowed and the override to fix it."""
 
     def __init__(self, key: str, value: object, allowed: str, fix: str | None = None) -> None:
-        self.key, self.value, self.allowed = key, value, allowed
+        self.key, self.value, self.allowed, self.fix = key, value, allowed, fix
         fix = fix or f"{key}=<value>"
         super().__init__(f"{key}={value!r} is not allowed: {allowed}. Fix it with the override `{fix}`.")
+
+    def __reduce__(self) -> tuple:
+        # picklable, so a joblib or submitit worker can send the failure back to the sweep
+        return type(self), (self.key, self.value, self.allowed, self.fix)
 
 
 class DataError(UserError):
