@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -22,6 +23,9 @@ def app(cfg: DictConfig) -> float | None:
     except UserError as e:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # the sweep records this job as failed and goes on
+        from cnnlab.callbacks import write_status  # exiting here skips Hydra's on_job_end
+
+        write_status(Path(HydraConfig.get().runtime.output_dir), "failed", list(HydraConfig.get().overrides.task), e)
         print(f"cnnlab: error: {e}", file=sys.stderr)
         sys.exit(2)
 

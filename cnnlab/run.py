@@ -41,6 +41,7 @@ def run(cfg: DictConfig) -> float:
     validate(cfg)
     device = resolve_device(str(cfg.trainer.device))
     torch.set_num_threads(thread_count(cfg.trainer.threads))
+    log.info("device %s, %d torch threads", device, torch.get_num_threads())
     seed_everything(int(cfg.seed))
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     print_config(cfg)
@@ -101,6 +102,9 @@ def thread_count(threads: int | None) -> int:
     jobs = 1
     hc = HydraConfig.get()
     if hc.mode == RunMode.MULTIRUN:
+        cpus_per_task = hc.launcher.get("cpus_per_task")  # submitit: the cores each job was given
+        if cpus_per_task:
+            return int(cpus_per_task)
         n_jobs = hc.launcher.get("n_jobs")
         jobs = cores if n_jobs is not None and n_jobs < 0 else int(n_jobs or 1)
     return max(1, cores // max(1, jobs))

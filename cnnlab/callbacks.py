@@ -1,0 +1,117 @@
+"""Hydra callbacks: every job records its outcome in <job dir>/status.json, and a multirun ends with a summary.
+
+Hydra's launchers run every job of a sweep even when some fail, then re-raise the first failure and exit 1
+before `on_multirun_end`. So the summary of all jobs is printed at interpreter exit instead, after
+Hydra's own error, and reads the status files, which also works for jobs that ran in other processes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import pickle
+import traceback
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import CompactHydraException
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from cnnlab.errors import UserError
+from cnnlab.results import write_json
+
+STATUS_FILE = "status.json"
+
+
+class JobFailed(CompactHydraException):
+    """Stands in for a job's exception: Hydra prints it as one line (the details are in status.json)."""
+
+
+def write_status(job_dir: Path, status: str, overrides: list[str], error: BaseException | None = None) -> None:
+    record: dict[str, Any] = {"status": status, "overrides": overrides}
+    if error is not None:
+        record["error"] = f"{type(error).__name__}: {error}"
+        record["traceback"] = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    job_dir.mkdir(parents=True, exist_ok=True)
+    write_json(job_dir / STATUS_FILE, record)
+
+
+def read_status(job_dir: Path) -> dict[str, Any] | None:
+    path = job_dir / STATUS_FILE
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+class JobStatusCallback(Callback):
+    """Writes status.json (running, completed or failed with the error) for every job, in its own process."""
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        write_status(_job_dir(config), "running", _overrides(config))
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if job_return.status == JobStatus.COMPLETED:
+            write_status(_job_dir(config), "completed", _overrides(config))
+            return
+        error = job_return._return_value  # the job's exception; `.return_value` would raise it
+        write_status(_job_dir(config), "failed", _overrides(config), error)
+        if isinstance(error, UserError) or not _picklable(error):
+            # a UserError needs no traceback; a worker pickles the exception, and one that can't be would abort
+            # the whole sweep
+            job_return.return_value = JobFailed(f"{type(error).__name__}: {error}")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        atexit.register(print_summary, Path(str(config.hydra.sweep.dir)))
+
+
+def _picklable(error: BaseException) -> bool:
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:
+        return False
+    return True
+
+
+def _job_dir(config: DictConfig) -> Path:
+    return Path(str(config.hydra.runtime.output_dir))
+
+
+def _overrides(config: DictConfig) -> list[str]:
+    return list(config.hydra.overrides.task)
+
+
+def sweep_statuses(sweep_dir: Path) -> dict[Path, dict[str, Any] | None]:
+    """Each job dir of a sweep (a dir holding .hydra/) with its status record, or None if it has none."""
+    jobs = sorted({p.parent.parent for p in sweep_dir.glob("**/.hydra/overrides.yaml")}, key=_natural)
+    return {job: read_status(job) for job in jobs}
+
+
+def _natural(path: Path) -> tuple:
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in path.parts)
+
+
+def print_summary(sweep_dir: Path) -> None:
+    """One line per job that did not complete, with its error, and a count of the rest."""
+    from rich.console import Console
+
+    console = Console(stderr=True, soft_wrap=True)
+    statuses = sweep_statuses(sweep_dir)
+    failed = {job: s for job, s in statuses.items() if s is not None and s["status"] == "failed"}
+    done = sum(1 for s in statuses.values() if s is not None and s["status"] == "completed")
+    unfinished = len(statuses) - done - len(failed)
+    style = "bold red" if failed or unfinished else "bold green"
+    console.print(
+        f"[{style}]sweep {sweep_dir}: {done} of {len(statuses)} jobs completed, {len(failed)} failed"
+        + (f", {unfinished} unfinished" if unfinished else "")
+        + "[/]",
+        highlight=False,
+    )
+    for job, status in failed.items():
+        console.print(
+            f"  [red]failed[/] {job.relative_to(sweep_dir)}: {' '.join(status['overrides'])}", highlight=False
+        )
+        console.print(f"         {status['error']}", markup=False, highlight=False)
+    console.print(f"report: cnnlab report {sweep_dir}", highlight=False)
