@@ -1,0 +1,1 @@
+"""Data: readers for the standard on-disk formats, and the in-memory device-resident loader."""

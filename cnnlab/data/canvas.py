@@ -1,0 +1,137 @@
+"""The canvas benchmark: digits pasted at seeded random, non-overlapping positions on a large black canvas.
+
+True boxes are the tight boxes of the pasted ink, in continuous pixel coordinates (x1, y1, x2, y2) as
+torchvision.ops uses them: pixel column i spans [i, i + 1). Clutter (as in the cluttered MNIST of the Spatial
+Transformer Networks paper) is small fragments cut from other digits, pasted anywhere before the digits.
+The same arguments and seed always give the same canvases.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from cnnlab.data import sources
+from cnnlab.errors import ConfigError
+
+MNIST_FAMILY = ("mnist_sample", "mnist", "fashion_mnist")
+PLACEMENT_TRIES = 1000
+
+
+@dataclass
+class Canvases:
+    images: torch.Tensor  # (N, C, size, size) uint8
+    boxes: list[torch.Tensor]  # per canvas (n, 4) float: x1, y1, x2, y2
+    labels: list[torch.Tensor]  # per canvas (n,) int64
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def check_canvas_config(count: int, size: int, digits: int, clutter: int, fragment: int, digit_size: int) -> None:
+    """Fail before any work on a canvas that cannot hold what was asked for."""
+    if not isinstance(count, int) or count <= 0:
+        raise ConfigError("task.canvas.count", count, "a positive integer", "task.canvas.count=500")
+    if not isinstance(size, int) or size < digit_size:
+        raise ConfigError(
+            "task.canvas.size", size, f"an integer >= the digit size {digit_size}", "task.canvas.size=128"
+        )
+    if not isinstance(digits, int) or digits <= 0:
+        raise ConfigError("task.canvas.digits", digits, "a positive integer", "task.canvas.digits=1")
+    if digits * digit_size**2 > 0.5 * size**2:  # random placement without overlap needs room
+        most = max(1, int(0.5 * size**2 // digit_size**2))
+        raise ConfigError(
+            "task.canvas.digits", digits, f"at most {most} on a {size}px canvas", f"task.canvas.digits={most}"
+        )
+    if not isinstance(clutter, int) or clutter < 0:
+        raise ConfigError("task.canvas.clutter", clutter, "0 or more fragments", "task.canvas.clutter=0")
+    if not isinstance(fragment, int) or not 0 < fragment <= digit_size:
+        raise ConfigError(
+            "task.canvas.fragment", fragment, f"a side length from 1 to {digit_size}", "task.canvas.fragment=8"
+        )
+
+
+def make_canvases(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    count: int = 500,
+    size: int = 128,
+    digits: int = 1,
+    clutter: int = 0,
+    fragment: int = 8,
+    seed: int = 0,
+) -> Canvases:
+    """`count` canvases of `size` pixels, each with `digits` digits drawn from `images` (N, C, h, w) uint8."""
+    _, channels, height, width = images.shape
+    check_canvas_config(count, size, digits, clutter, fragment, max(height, width))
+    g = torch.Generator().manual_seed(seed)
+    out = torch.zeros(count, channels, size, size, dtype=torch.uint8)
+    all_boxes, all_labels = [], []
+    for n in range(count):
+        canvas = out[n]
+        for _ in range(clutter):  # fragments first; digits are pasted over them with max, never hidden
+            piece = _fragment(images, fragment, g)
+            y, x = torch.randint(0, size - fragment + 1, (2,), generator=g).tolist()
+            region = canvas[:, y : y + fragment, x : x + fragment]
+            torch.maximum(region, piece, out=region)
+        boxes, picked = [], torch.randint(0, len(images), (digits,), generator=g)
+        for y, x, index in zip(*_positions(digits, size, height, width, g), picked.tolist(), strict=True):
+            digit = images[index]
+            region = canvas[:, y : y + height, x : x + width]
+            torch.maximum(region, digit, out=region)
+            rows = digit.amax(dim=(0, 2)).nonzero().flatten()
+            cols = digit.amax(dim=(0, 1)).nonzero().flatten()
+            boxes.append([x + cols[0].item(), y + rows[0].item(), x + cols[-1].item() + 1, y + rows[-1].item() + 1])
+        all_boxes.append(torch.tensor(boxes, dtype=torch.float32))
+        all_labels.append(labels[picked].long())
+    return Canvases(out, all_boxes, all_labels)
+
+
+def _positions(digits: int, size: int, height: int, width: int, g: torch.Generator) -> tuple[list[int], list[int]]:
+    """Top-left corners whose digit squares do not overlap (rejection sampling)."""
+    ys: list[int] = []
+    xs: list[int] = []
+    for _ in range(PLACEMENT_TRIES):
+        y, x = (
+            torch.randint(0, size - height + 1, (1,), generator=g).item(),
+            torch.randint(0, size - width + 1, (1,), generator=g).item(),
+        )
+        if all(abs(y - oy) >= height or abs(x - ox) >= width for oy, ox in zip(ys, xs, strict=True)):
+            ys.append(y)
+            xs.append(x)
+            if len(ys) == digits:
+                return ys, xs
+    raise ConfigError(
+        "task.canvas.digits", digits, f"fewer digits: {digits} did not fit on a {size}px canvas", "task.canvas.digits=1"
+    )
+
+
+def _fragment(images: torch.Tensor, side: int, g: torch.Generator) -> torch.Tensor:
+    """A side x side patch with ink, cut from a random digit."""
+    _, _, height, width = images.shape
+    for _ in range(PLACEMENT_TRIES):
+        digit = images[torch.randint(0, len(images), (1,), generator=g).item()]
+        y = torch.randint(0, height - side + 1, (1,), generator=g).item()
+        x = torch.randint(0, width - side + 1, (1,), generator=g).item()
+        piece = digit[:, y : y + side, x : x + side]
+        if piece.float().mean() > 0.1 * 255 * min(1.0, 64 / side**2):  # not an almost empty corner
+            return piece
+    return piece
+
+
+def canvases_for(canvas_cfg: Any, dataset_cfg: Any) -> Canvases:
+    """The canvases a task config asks for, from the test split of the dataset a model was trained on."""
+    if dataset_cfg.name not in MNIST_FAMILY:
+        raise ConfigError(
+            "dataset.name",
+            dataset_cfg.name,
+            f"an MNIST-family dataset ({', '.join(MNIST_FAMILY)}): canvases are digits on black; "
+            "for other datasets use task=cam task.source=test (overlays without boxes)",
+            "checkpoint=<a checkpoint trained on MNIST>",
+        )
+    keys = ("count", "size", "digits", "clutter", "fragment")
+    check_canvas_config(*(canvas_cfg[k] for k in keys), max(dataset_cfg.shape[1:]))
+    data = sources.load(dataset_cfg.name, dataset_cfg.root, bool(dataset_cfg.download))
+    return make_canvases(data.test_x, data.test_y, *(canvas_cfg[k] for k in keys), seed=int(canvas_cfg.seed))

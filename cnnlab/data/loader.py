@@ -1,0 +1,100 @@
+"""The fast data path: a whole split as one uint8 tensor on the run's device, batched on the device.
+
+Shuffling, pad-and-crop, horizontal flips and normalization are vectorized over the batch: no per-sample
+Python, no PIL, no worker processes. The permutation and augmentation of epoch e follow from (seed, e)
+alone, drawn for the whole epoch up front, so a run resumed at batch i of epoch e sees the same batches.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from cnnlab.errors import ConfigError
+
+
+def split_train_val(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded train/val indices: the same seed always holds out the same val_size samples."""
+    if not 0 < val_size < n:
+        raise ConfigError("dataset.val_size", val_size, f"between 1 and {n - 1} (the training set has {n})")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[val_size:].sort().values, perm[:val_size].sort().values
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+class DeviceLoader:
+    """Batches of normalized float images and labels from uint8 data held on `device`."""
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        device: torch.device | str = "cpu",
+        shuffle: bool = False,
+        pad: int = 0,
+        flip: bool = False,
+        seed: int = 0,
+        channels_last: bool = False,
+    ) -> None:
+        if batch_size <= 0:
+            raise ConfigError("trainer.batch_size", batch_size, "a positive integer", "trainer.batch_size=128")
+        device = torch.device(device)
+        self.x = x.to(device, non_blocking=True)
+        self.y = y.to(device, non_blocking=True)
+        self.batch_size, self.shuffle, self.pad, self.flip, self.seed = batch_size, shuffle, pad, flip, seed
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        # Normalize uint8 pixels directly: (x - 255 mean) / (255 std).
+        self.scale = (1.0 / (255.0 * torch.tensor(std, device=device))).view(1, -1, 1, 1)
+        self.shift = (torch.tensor(mean, device=device) / torch.tensor(std, device=device)).view(1, -1, 1, 1)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.y) / self.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.y)
+
+    def batches(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield the batches of `epoch`, beginning at batch index `start` (for exact resume)."""
+        n, device = len(self.y), self.x.device
+        order = offsets = flips = None
+        if self.shuffle or self.pad or self.flip:
+            g = epoch_generator(self.seed, epoch)
+            order = torch.randperm(n, generator=g).to(device) if self.shuffle else None
+            if self.pad:
+                offsets = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=g).to(device)
+            if self.flip:
+                flips = (torch.rand(n, generator=g) < 0.5).to(device)
+        for i in range(start, len(self)):
+            idx = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            rows = order[idx] if order is not None else idx
+            xb, yb = self.x[rows], self.y[rows]
+            if offsets is not None:
+                xb = random_crop(xb, self.pad, offsets[idx])
+            if flips is not None:
+                xb = torch.where(flips[idx].view(-1, 1, 1, 1), xb.flip(3), xb)
+            xb = (xb.float() * self.scale - self.shift).contiguous(memory_format=self.memory_format)
+            yield xb, yb
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.batches()
+
+
+def random_crop(x: torch.Tensor, pad: int, offsets: torch.Tensor) -> torch.Tensor:
+    """Zero-pad by `pad` and crop back to the input size at per-sample (row, col) offsets."""
+    b, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    rows = (offsets[:, 0, None] + torch.arange(h, device=x.device)).view(b, 1, h, 1)
+    cols = (offsets[:, 1, None] + torch.arange(w, device=x.device)).view(b, 1, 1, w)
+    batch = torch.arange(b, device=x.device).view(b, 1, 1, 1)
+    channel = torch.arange(c, device=x.device).view(1, c, 1, 1)
+    return padded[batch, channel, rows, cols]

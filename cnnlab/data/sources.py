@@ -1,0 +1,209 @@
+"""Read the standard dataset formats into uint8 tensors (N, C, H, W) and int64 labels.
+
+We read IDX (MNIST family) and CIFAR-10 pickle batches directly: a few lines each, and unlike torchvision's
+dataset classes they accept any valid file (no MD5 pinning), so tests can write small files in the real
+formats. Downloads use torchvision's own URLs and helpers.
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cnnlab.errors import DataError
+
+IDX_FILES = {
+    "train_x": "train-images-idx3-ubyte",
+    "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte",
+    "test_y": "t10k-labels-idx1-ubyte",
+}
+IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+TORCHVISION_DIRS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+MNIST_SAMPLE = Path(__file__).resolve().parents[1] / "assets" / "mnist_sample.npz"
+CIFAR_DIR = "cifar-10-batches-py"
+CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+
+
+@dataclass
+class Splits:
+    """Training and test data as uint8 images (N, C, H, W) and int64 labels, on the CPU."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+def load(name: str, root: str | Path | None = None, download: bool = False) -> Splits:
+    """Load a dataset by its config name: mnist_sample, mnist, fashion_mnist or cifar10."""
+    if name == "mnist_sample":
+        return load_mnist_sample()
+    if root is None:
+        raise DataError(f"dataset.root is not set for dataset={name}; set it with `dataset.root=DIR`.")
+    if name in TORCHVISION_DIRS:
+        return load_idx_dataset(name, Path(root), download)
+    if name == "cifar10":
+        return load_cifar10(Path(root), download)
+    raise DataError(f"unknown dataset {name!r}: allowed are mnist_sample, mnist, fashion_mnist, cifar10")
+
+
+def load_mnist_sample() -> Splits:
+    with np.load(MNIST_SAMPLE) as arrays:
+        return _splits({k: arrays[k] for k in IDX_FILES})
+
+
+def _splits(arrays: dict[str, np.ndarray]) -> Splits:
+    def images(a: np.ndarray) -> torch.Tensor:
+        a = a[:, None] if a.ndim == 3 else a  # IDX images have no channel axis
+        return torch.from_numpy(np.array(a, dtype=np.uint8))  # a writable copy
+
+    def labels(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(a, dtype=np.int64))
+
+    s = Splits(images(arrays["train_x"]), labels(arrays["train_y"]), images(arrays["test_x"]), labels(arrays["test_y"]))
+    for split in ("train", "test"):
+        x, y = getattr(s, f"{split}_x"), getattr(s, f"{split}_y")
+        if len(x) != len(y):
+            raise DataError(f"{split} split has {len(x)} images but {len(y)} labels")
+    return s
+
+
+# ---------------------------------------------------------------- IDX (MNIST, Fashion-MNIST)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read one IDX file (optionally gzipped); a corrupt or truncated file raises DataError."""
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"cannot read {path}: {e}. Delete it and download it again.") from e
+    if len(data) < 4 or data[0] or data[1] or data[2] not in IDX_DTYPES:
+        raise DataError(f"{path} is not an IDX file (bad magic number). Delete it and download it again.")
+    ndim = data[3]
+    dims = np.frombuffer(data, ">i4", count=ndim, offset=4) if len(data) >= 4 + 4 * ndim else None
+    dtype = np.dtype(IDX_DTYPES[data[2]])
+    if dims is None or len(data) != 4 + 4 * ndim + int(np.prod(dims)) * dtype.itemsize:
+        raise DataError(f"{path} is truncated or corrupt (size does not match its header). Download it again.")
+    return np.frombuffer(data, dtype, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _find_idx(root: Path, name: str) -> dict[str, Path] | None:
+    for folder in (root, root / TORCHVISION_DIRS[name] / "raw"):
+        found = {}
+        for key, stem in IDX_FILES.items():
+            hits = [folder / f"{stem}{ext}" for ext in ("", ".gz") if (folder / f"{stem}{ext}").is_file()]
+            if hits:
+                found[key] = hits[0]
+        if len(found) == len(IDX_FILES):
+            return found
+    return None
+
+
+def load_idx_dataset(name: str, root: Path, download: bool) -> Splits:
+    files = _find_idx(root, name)
+    if files is None and download:
+        _download_idx(name, root)
+        files = _find_idx(root, name)
+    if files is None:
+        expected = ", ".join(f"{stem}[.gz]" for stem in IDX_FILES.values())
+        raise DataError(
+            f"dataset={name}: no IDX files found in {root} or {root / TORCHVISION_DIRS[name] / 'raw'}. "
+            f"Expected {expected}. Point `dataset.root=DIR` at a folder holding them, or run once with "
+            "network access and `dataset.download=true`."
+        )
+    arrays = {key: read_idx(path) for key, path in files.items()}
+    for split in ("train", "test"):
+        if arrays[f"{split}_x"].ndim != 3 or arrays[f"{split}_y"].ndim != 1:
+            raise DataError(f"{files[split + '_x']} does not hold images (N, H, W) with labels (N,)")
+    return _splits(arrays)
+
+
+def _download_idx(name: str, root: Path) -> None:
+    from torchvision import datasets
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    cls = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}[name]
+    raw = root / TORCHVISION_DIRS[name] / "raw"
+    for filename, md5 in cls.resources:
+        errors = []
+        for mirror in cls.mirrors:
+            try:
+                download_and_extract_archive(f"{mirror}{filename}", raw, filename=filename, md5=md5)
+                break
+            except Exception as e:  # network errors come in many types
+                errors.append(f"{mirror}: {e}")
+        else:
+            raise DataError(f"could not download {filename} for dataset={name}: {'; '.join(errors)}")
+
+
+# ---------------------------------------------------------------- CIFAR-10 (python pickle batches)
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """CIFAR batches are pickles of numpy arrays; allow exactly that and never run other code."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how protocol-2 pickles store bytes
+    }
+
+    def find_class(self, module: str, name: str) -> type:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as f:
+            batch = _ArrayUnpickler(f, encoding="latin1").load()
+        data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(batch["labels"], dtype=np.int64)
+    except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError) as e:
+        raise DataError(f"{path} is not a valid CIFAR-10 batch ({e}). Delete it and download it again.") from e
+    if len(data) != len(labels):
+        raise DataError(f"{path} has {len(data)} images but {len(labels)} labels")
+    return data, labels
+
+
+def load_cifar10(root: Path, download: bool) -> Splits:
+    folder = root / CIFAR_DIR
+    missing = [f for f in CIFAR_FILES if not (folder / f).is_file()]
+    if missing and download:
+        from torchvision.datasets import CIFAR10
+        from torchvision.datasets.utils import download_and_extract_archive
+
+        try:
+            download_and_extract_archive(CIFAR10.url, root, filename=CIFAR10.filename, md5=CIFAR10.tgz_md5)
+        except Exception as e:
+            raise DataError(f"could not download CIFAR-10 ({e}). {_cifar_hint(folder)}") from e
+        missing = [f for f in CIFAR_FILES if not (folder / f).is_file()]
+    if missing:
+        raise DataError(f"dataset=cifar10: missing {', '.join(missing)} in {folder}. {_cifar_hint(folder)}")
+    train = [read_cifar_batch(folder / f) for f in CIFAR_FILES[:-1]]
+    test_x, test_y = read_cifar_batch(folder / CIFAR_FILES[-1])
+    return _splits(
+        {
+            "train_x": np.concatenate([x for x, _ in train]),
+            "train_y": np.concatenate([y for _, y in train]),
+            "test_x": test_x,
+            "test_y": test_y,
+        }
+    )
+
+
+def _cifar_hint(folder: Path) -> str:
+    return (
+        f"Unpack cifar-10-python.tar.gz so that {folder} holds data_batch_1..5 and test_batch, or run once "
+        "with network access and `dataset.download=true`."
+    )

@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+from cnnlab.errors import ConfigError
+from cnnlab.models.mlp import MLP
+from cnnlab.models.resnet import ResNet
+
+PAPER_COUNTS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962}
+
+
+def params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("depth", sorted(PAPER_COUNTS))
+def test_parameter_counts_match_he_et_al(depth):
+    assert params(ResNet(depth=depth, shortcut="A")) == PAPER_COUNTS[depth]
+    assert params(ResNet(depth=depth, residual=False)) == PAPER_COUNTS[depth]
+    assert params(ResNet(depth=depth, shortcut="B")) == PAPER_COUNTS[depth] + 2_752
+
+
+def test_shortcut_c_projects_every_block():
+    model = ResNet(depth=20, shortcut="C")
+    projections = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1)]
+    assert len(projections) == 9  # 3 stages x 3 blocks, all used
+    assert params(model) > params(ResNet(depth=20, shortcut="B"))
+
+
+@pytest.mark.parametrize("residual", [True, False])
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_forward_shapes_plain_and_residual(residual, batch_norm):
+    model = ResNet(depth=8, width=4, residual=residual, batch_norm=batch_norm, in_channels=1, num_classes=7)
+    assert model(torch.randn(3, 1, 28, 28)).shape == (3, 7)
+    assert model.features(torch.randn(2, 1, 32, 32)).shape == (2, 16, 8, 8)
+
+
+def test_plain_twin_has_no_shortcut_and_differs_in_output():
+    torch.manual_seed(0)
+    res = ResNet(depth=8, width=4)
+    plain = ResNet(depth=8, width=4, residual=False)
+    plain.load_state_dict(res.state_dict())  # same layers, same parameters
+    x = torch.randn(2, 3, 32, 32)
+    assert not torch.allclose(res.eval()(x), plain.eval()(x))
+
+
+@pytest.mark.parametrize("depth,nearest", [(21, "[14, 20, 26]"), (55, "[50, 56, 62]"), (3, "[8, 14]"), (0, "[8, 14]")])
+def test_bad_depth_lists_nearest_valid(depth, nearest):
+    with pytest.raises(ConfigError) as e:
+        ResNet(depth=depth)
+    assert "model.depth" in str(e.value) and nearest in str(e.value)
+
+
+def test_bad_width_and_shortcut():
+    with pytest.raises(ConfigError, match="model.width"):
+        ResNet(width=0)
+    with pytest.raises(ConfigError, match="model.shortcut"):
+        ResNet(shortcut="D")
+
+
+def test_mlp_has_no_activation_on_logits():
+    model = MLP(in_shape=(1, 28, 28), num_classes=10, hidden=[32, 16], activation="gelu")
+    assert isinstance(model[-1], torch.nn.Linear) and model[-1].out_features == 10
+    assert model(torch.randn(5, 1, 28, 28)).shape == (5, 10)
+    with pytest.raises(ConfigError, match="model.activation"):
+        MLP(in_shape=(1, 28, 28), num_classes=10, activation="swish")

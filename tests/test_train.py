@@ -1,0 +1,120 @@
+"""End-to-end runs of the classify and evaluate tasks on small data, in-process."""
+
+import json
+
+import pytest
+import torch
+
+from cnnlab.models.resnet import ResNet
+from cnnlab.training import checkpoint
+from tests.conftest import run_app, write_cifar10
+
+METRIC_KEYS = {
+    "test_acc",
+    "test_loss",
+    "val_acc",
+    "best_val_acc",
+    "params",
+    "epochs",
+    "steps",
+    "seconds",
+    "train_img_per_s",
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small MLP trained on the bundled real MNIST digits for 60 steps, evaluated every 20."""
+    run_dir = tmp_path_factory.mktemp("run")
+    value = run_app(
+        run_dir, "model.hidden=[64]", "trainer.max_steps=60", "trainer.eval_every=20", "trainer.log_every=5"
+    )
+    return run_dir, value
+
+
+def test_training_writes_metrics_history_checkpoints_figures(trained):
+    run_dir, value = trained
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert METRIC_KEYS <= metrics.keys()
+    assert metrics["params"] == 784 * 64 + 64 + 64 * 10 + 10
+    assert metrics["steps"] == 60 and metrics["epochs"] == pytest.approx(60 / 55)
+    assert value == metrics["val_acc"] and metrics["best_val_acc"] >= metrics["val_acc"]
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in history] == [20, 40, 60]
+    assert history[-1]["train_loss"] < history[0]["train_loss"] < 2.3  # it learns
+    assert metrics["test_acc"] > 0.8  # real digits; chance is 0.1
+    assert {"lr", "val_loss", "train_acc", "epoch"} <= history[0].keys()
+    for name in ("training_curves.png", "confusion_matrix.png"):
+        assert (run_dir / "figures" / name).read_bytes()[:4] == b"\x89PNG"
+    split = json.loads((run_dir / "split.json").read_text())
+    assert len(split["val_indices"]) == 1000
+
+
+def test_resnet_on_mnist_format_files(tmp_path, mnist_dir):
+    run_app(
+        tmp_path,
+        "model=resnet",
+        "model.depth=8",
+        "model.width=4",
+        "model.residual=false",
+        "dataset=mnist",
+        f"dataset.root={mnist_dir}",
+        "dataset.download=false",
+        "dataset.val_size=100",
+        "trainer.epochs=2",
+        "trainer.batch_size=50",
+        "trainer.figures=false",
+    )
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["params"] == sum(p.numel() for p in ResNet(depth=8, width=4, in_channels=1).parameters())
+    assert metrics["steps"] == 2 * 10 and metrics["model.residual"] is False and metrics["dataset"] == "mnist"
+
+
+def test_checkpoint_contents(trained):
+    run_dir, _ = trained
+    best = checkpoint.load(run_dir / "checkpoints" / "best.pt")
+    last = checkpoint.load(run_dir / "checkpoints" / "last.pt")
+    assert {"model", "optimizer", "scheduler", "progress", "rng", "config", "metrics"} <= best.keys()
+    assert best["config"]["model"]["hidden"] == [64] and best["metrics"]["test_acc"] > 0.8
+    assert last["progress"]["step"] == 60 and isinstance(last["rng"]["torch"], torch.Tensor)
+
+
+def test_evaluate_reproduces_test_acc(trained, tmp_path):
+    run_dir, _ = trained
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    acc = run_app(tmp_path, "task=evaluate", f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}")
+    evaluated = json.loads((tmp_path / "metrics.json").read_text())
+    assert acc == metrics["test_acc"] == evaluated["test_acc"]
+    assert evaluated["test_loss"] == pytest.approx(metrics["test_loss"], abs=1e-6)
+    assert {"class0_precision", "class9_recall", "class3_f1"} <= evaluated.keys()
+    assert (tmp_path / "figures" / "confusion_matrix.png").exists()
+
+
+def test_max_steps_and_no_checkpoint(tmp_path):
+    run_app(tmp_path, "trainer.max_steps=3", "trainer.checkpoint=false", "trainer.figures=false")
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["steps"] == 3 and not (tmp_path / "checkpoints").exists()
+
+
+def test_cifar10_resnet_with_augmentation_and_schedule(tmp_path):
+    data = write_cifar10(tmp_path / "data", per_batch=20, n_test=20)
+    run_app(
+        tmp_path / "run",
+        "model=resnet",
+        "model.depth=8",
+        "model.width=4",
+        "model.shortcut=B",
+        "dataset=cifar10",
+        f"dataset.root={data}",
+        "dataset.download=false",
+        "dataset.val_size=20",
+        "trainer.batch_size=16",
+        "trainer.epochs=2",
+        "scheduler=multistep",
+        "scheduler.milestones=[1]",
+        "trainer.figures=false",
+    )
+    history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    assert history[0]["lr"] == pytest.approx(0.01) and history[1]["lr"] == pytest.approx(0.01)
+    expected = sum(p.numel() for p in ResNet(depth=8, width=4, shortcut="B").parameters())
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["params"] == expected
