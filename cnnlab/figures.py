@@ -48,6 +48,53 @@ def confusion_matrix(matrix: torch.Tensor, path: Path, title: str = "confusion m
     return _save(fig, path)
 
 
+def box_grid(
+    images: torch.Tensor,
+    heat: torch.Tensor | None,
+    truth: Any,
+    found: Sequence[Any],
+    path: Path,
+    title: str,
+    captions: Sequence[str] | None = None,
+) -> Path:
+    """Images (N, C, H, W) uint8 with a heat map (N, H, W) in [0, 1] on top, true boxes in green (labels above)
+    and predicted boxes in red (labels below); `truth` and each of `found` have .boxes and .labels, truth may
+    be None (no boxes)."""
+    plt = _plt()
+    from matplotlib.patches import Rectangle
+
+    n = len(images)
+    cols = min(n, 8)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 2.1 * rows + 0.4), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        image = images[i].permute(1, 2, 0).numpy()
+        ax.imshow(image[..., 0] if image.shape[2] == 1 else image, cmap="gray", vmin=0, vmax=255)
+        if heat is not None:
+            ax.imshow(heat[i].numpy(), cmap="jet", alpha=0.4, vmin=0, vmax=1)
+        boxes = [(b, int(c), "lime") for b, c in zip(truth.boxes[i], truth.labels[i], strict=True)] if truth else []
+        boxes += [(b, int(c), "red") for b, c in zip(found[i].boxes, found[i].labels, strict=True)]
+        for box, label, color in boxes:
+            x1, y1, x2, y2 = box.tolist()  # continuous pixel coordinates; imshow centres pixel i on i
+            ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False, color=color, lw=1.2))
+            below = color == "red"
+            ax.text(
+                x1 - 0.5,
+                y2 + 0.5 if below else y1 - 1.5,
+                str(label),
+                color=color,
+                fontsize=7,
+                va="top" if below else "bottom",
+            )
+        if captions:
+            ax.set_title(captions[i], fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
 def _save(fig: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()

@@ -1,0 +1,194 @@
+"""The lab's localization logic: pooling score maps into a canvas class, boxes from heat maps, and metrics.
+
+Coordinates are continuous pixels (x1, y1, x2, y2), pixel i spanning [i, i + 1), as torchvision.ops expects.
+A heat map may be coarse (one cell per `stride` pixels, cell 0 centred at `first_center`) or per pixel
+(stride 1, first_center 0.5); a cell covers stride pixels around its centre.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torchvision.ops import box_iou
+
+from cnnlab.errors import ConfigError
+
+POOLINGS = ("window", "topk", "max", "mean")
+RANKINGS = ("peak", "area")
+
+
+def pool_scores(maps: torch.Tensor, pooling: str, window: int = 7, topk: int = 16) -> torch.Tensor:
+    """(B, K, h, w) score maps -> (B, K) canvas scores.
+
+    mean is what global average pooling does: on a large black canvas the background outvotes the digit.
+    window averages a digit-sized window and takes the best position; topk averages the k best cells.
+    """
+    if pooling == "mean":
+        return maps.mean(dim=(2, 3))
+    if pooling == "max":
+        return maps.amax(dim=(2, 3))
+    if pooling == "window":
+        size = min(window, maps.shape[2], maps.shape[3])
+        return F.avg_pool2d(maps, size, stride=1).amax(dim=(2, 3))
+    if pooling == "topk":
+        k = min(topk, maps.shape[2] * maps.shape[3])
+        return maps.flatten(2).topk(k, dim=2).values.mean(dim=2)
+    raise ConfigError("task.pooling", pooling, f"one of {', '.join(POOLINGS)}", "task.pooling=window")
+
+
+def connected_components(mask: torch.Tensor) -> torch.Tensor:
+    """8-connected components of a (h, w) bool mask: labels 1..n, 0 for background.
+
+    Every foreground pixel starts with its own number; each round it takes the largest number among its
+    neighbours, until nothing changes (rounds = the longest path inside a component).
+    """
+    h, w = mask.shape
+    keep = mask.float()
+    labels = torch.arange(1, h * w + 1, dtype=torch.float32, device=mask.device).view(h, w) * keep
+    while True:
+        grown = F.max_pool2d(labels[None, None], 3, stride=1, padding=1)[0, 0] * keep
+        if torch.equal(grown, labels):
+            break
+        labels = grown
+    _, compact = torch.unique(labels, return_inverse=True)  # 0 stays 0 when background is present
+    return compact if not mask.all() else compact + 1
+
+
+@dataclass
+class Regions:
+    """Boxes of the connected regions of one heat map, best first."""
+
+    boxes: torch.Tensor  # (m, 4)
+    peaks: torch.Tensor  # (m,) the heat maximum inside each region
+    areas: torch.Tensor  # (m,) cells per region
+
+
+def regions(
+    heat: torch.Tensor,
+    threshold: float,
+    stride: float = 1.0,
+    first_center: float = 0.5,
+    rank: str = "peak",
+) -> Regions:
+    """Threshold a (h, w) heat map at `threshold` x its maximum; one box per connected component.
+
+    The heat map must be zero (or below) on background: subtract a baseline or min-max normalize first.
+    """
+    if rank not in RANKINGS:
+        raise ConfigError("task.rank", rank, f"one of {', '.join(RANKINGS)}", "task.rank=peak")
+    labels = connected_components(heat >= threshold * heat.max())
+    n = int(labels.max())
+    rows, cols = torch.meshgrid(torch.arange(heat.shape[0]), torch.arange(heat.shape[1]), indexing="ij")
+    boxes, peaks, areas = [], [], []
+    for k in range(1, n + 1):
+        inside = labels == k
+        r, c = rows[inside], cols[inside]
+        cells = torch.stack([c.min(), r.min(), c.max(), r.max()]).float()
+        # cell j covers [stride*j + first_center - stride/2, stride*j + first_center + stride/2)
+        low, high = cells[:2] * stride + first_center - stride / 2, cells[2:] * stride + first_center + stride / 2
+        boxes.append(torch.cat([low, high]))
+        peaks.append(heat[inside].max())
+        areas.append(inside.sum())
+    if not boxes:
+        return Regions(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long))
+    out = Regions(torch.stack(boxes), torch.stack(peaks).float(), torch.stack(areas))
+    order = (out.peaks if rank == "peak" else out.areas.float()).argsort(descending=True)
+    return Regions(out.boxes[order], out.peaks[order], out.areas[order])
+
+
+@dataclass
+class Detections:
+    boxes: torch.Tensor  # (n, 4)
+    labels: torch.Tensor  # (n,)
+    scores: torch.Tensor  # (n,)
+
+
+def detect(
+    heat: torch.Tensor,
+    canvas_scores: torch.Tensor,
+    digits: int,
+    threshold: float,
+    stride: float = 1.0,
+    first_center: float = 0.5,
+    rank: str = "peak",
+) -> Detections:
+    """Up to `digits` boxes on one canvas: the `digits` best classes by canvas score, one box per component
+    of each class's heat map (K, h, w), the best `digits` components overall (by `rank`)."""
+    classes = canvas_scores.topk(min(digits, len(canvas_scores))).indices.tolist()
+    found = [(regions(heat[c], threshold, stride, first_center, rank), c) for c in classes]
+    boxes = torch.cat([r.boxes for r, _ in found])
+    labels = torch.cat([torch.full((len(r.boxes),), c, dtype=torch.long) for r, c in found])
+    key = torch.cat([r.peaks if rank == "peak" else r.areas.float() for r, _ in found])
+    # components of the best class first, then the rest by their rank key
+    order = sorted(range(len(labels)), key=lambda i: (labels[i] != classes[0], -float(key[i])))[:digits]
+    order = torch.tensor(order, dtype=torch.long)
+    return Detections(boxes[order], labels[order], key[order])
+
+
+def peak_point(heat: torch.Tensor, stride: float = 1.0, first_center: float = 0.5) -> tuple[float, float]:
+    """(x, y) pixel position of the maximum of a (h, w) heat map."""
+    index = int(heat.argmax())
+    row, col = divmod(index, heat.shape[1])
+    return col * stride + first_center, row * stride + first_center
+
+
+@dataclass
+class Scores:
+    """Accumulates per-digit localization results over canvases; `summary()` gives the metrics."""
+
+    iou_threshold: float = 0.5
+    ious: list[float] = field(default_factory=list)
+    center_errors: list[float] = field(default_factory=list)
+    correct_classes: int = 0
+    digits: int = 0
+    canvases: int = 0
+    predicted: int = 0
+    predicted_correct: int = 0
+    pointing_hits: int = 0
+    pointing_total: int = 0
+
+    def add(
+        self,
+        pred: Detections,
+        true_boxes: torch.Tensor,
+        true_labels: torch.Tensor,
+        peaks: dict[int, tuple[float, float]],
+    ) -> None:
+        """One canvas: its detections, true boxes and labels, and the heat maximum of each true class."""
+        self.canvases += 1
+        self.digits += len(true_labels)
+        for c in true_labels.unique().tolist():
+            self.correct_classes += min(int((true_labels == c).sum()), int((pred.labels == c).sum()))
+        same = true_labels[:, None] == pred.labels[None, :]
+        iou = box_iou(true_boxes, pred.boxes) * same if len(pred.boxes) else torch.zeros(len(true_labels), 0)
+        for t in range(len(true_labels)):
+            best = int(iou[t].argmax()) if iou.shape[1] and same[t].any() else None
+            self.ious.append(float(iou[t, best]) if best is not None else 0.0)
+            if best is not None:
+                self.center_errors.append(float(torch.dist(_center(true_boxes[t]), _center(pred.boxes[best]))))
+        self.predicted += len(pred.labels)
+        self.predicted_correct += int((iou >= self.iou_threshold).any(dim=0).sum()) if iou.numel() else 0
+        for c, (x, y) in peaks.items():
+            mine = true_boxes[true_labels == c]
+            inside = (mine[:, 0] <= x) & (x < mine[:, 2]) & (mine[:, 1] <= y) & (y < mine[:, 3])
+            self.pointing_hits += int(inside.any())
+            self.pointing_total += 1
+
+    def summary(self) -> dict[str, float | int]:
+        ious = torch.tensor(self.ious)
+        return {
+            "cls_acc": self.correct_classes / max(1, self.digits),
+            "loc_acc": float((ious >= self.iou_threshold).float().mean()) if len(ious) else 0.0,
+            "mean_iou": float(ious.mean()) if len(ious) else 0.0,
+            "center_err_px": float(torch.tensor(self.center_errors).mean()) if self.center_errors else float("nan"),
+            "pointing_acc": self.pointing_hits / max(1, self.pointing_total),
+            "box_precision": self.predicted_correct / max(1, self.predicted),
+            "canvases": self.canvases,
+            "digits": self.digits,
+        }
+
+
+def _center(box: torch.Tensor) -> torch.Tensor:
+    return (box[:2] + box[2:]) / 2

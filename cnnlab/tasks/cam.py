@@ -1,0 +1,116 @@
+"""task=cam: Class Activation Maps (or Grad-CAM) of a trained ResNet, with boxes and metrics on canvases.
+
+On canvases (MNIST family): the class is chosen as in task=localize (a pooling of the score maps above an
+empty canvas), its map is upsampled to pixels, min-max normalized per image and thresholded at a fraction of
+its maximum (Zhou et al.: 0.2); the largest connected component is the box. With task.source=test, any
+dataset (CIFAR-10 included): overlays on test images, without boxes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from cnnlab import figures
+from cnnlab.cam import METHODS, class_activation_maps, grad_cam, normalize_per_image, upsample_aligned
+from cnnlab.data.canvas import canvases_for
+from cnnlab.errors import ConfigError
+from cnnlab.localization import Detections, Scores, detect, peak_point, pool_scores
+from cnnlab.results import print_table, write_json
+from cnnlab.run import Context
+from cnnlab.tasks.localize import METRIC_KEYS, batches, check_task, normalized, settings, trained_dataset
+from cnnlab.training.checkpoint import restore_model
+
+log = logging.getLogger("cnnlab")
+SOURCES = ("canvas", "test")
+
+
+def run(ctx: Context) -> float:
+    cfg, task = ctx.cfg, ctx.cfg.task
+    if task.source not in SOURCES:
+        raise ConfigError("task.source", task.source, "canvas or test", "task.source=canvas")
+    if task.method not in METHODS:
+        raise ConfigError("task.method", task.method, f"one of {', '.join(METHODS)}", "task.method=cam")
+    check_task(task, METRIC_KEYS if task.source == "canvas" else ["cls_acc", "cls_acc"])
+    model, saved, _ = restore_model(cfg.checkpoint, ctx.device, ctx.run_dir)
+    model.eval()
+    if task.method == "grad-cam" and not -len(model.features) <= task.layer < len(model.features):
+        raise ConfigError(
+            "task.layer",
+            task.layer,
+            f"an index into model.features (-{len(model.features)} to {len(model.features) - 1})",
+            "task.layer=-1",
+        )
+    classes = int(saved.model.num_classes)
+    if task.class_index is not None and not (isinstance(task.class_index, int) and 0 <= task.class_index < classes):
+        raise ConfigError(
+            "task.class_index", task.class_index, f"null (predicted) or 0..{classes - 1}", "task.class_index=null"
+        )
+    dataset = trained_dataset(saved, cfg)
+    on_canvas = task.source == "canvas"
+    if on_canvas:
+        canvases = canvases_for(task.canvas, dataset)
+        images, labels = canvases.images, canvases.labels
+    else:
+        from cnnlab.data import sources
+
+        data = sources.load(dataset.name, dataset.root, bool(dataset.download))
+        images, labels = data.test_x, [t.view(1) for t in data.test_y]
+    with torch.no_grad():
+        blank = class_activation_maps(model, normalized(torch.zeros_like(images[:1]), dataset, ctx.device))
+    scores, found, overlays, captions, start, correct = Scores(float(task.iou)), [], [], [], 0, 0
+    shown = min(int(task.figure_count), len(images))
+    size = tuple(images.shape[2:])
+    for x in batches(images, dataset, ctx.device, int(task.batch_size)):
+        with torch.no_grad():
+            cams = class_activation_maps(model, x)
+            logits = model(x)
+        # the predicted class: on canvases a pooling of the maps above an empty canvas, else the model's logits
+        canvas_scores = pool_scores(cams - blank, task.pooling, task.window, task.topk) if on_canvas else logits
+        if task.class_index is not None:
+            canvas_scores = torch.nn.functional.one_hot(torch.full((len(x),), task.class_index), classes).float()
+        maps = grad_cam(model, x, int(task.layer)) if task.method == "grad-cam" else cams
+        stride = size[0] // maps.shape[2]
+        heat = normalize_per_image(upsample_aligned(maps, stride, size)).float().cpu()
+        canvas_scores = canvas_scores.float().cpu()
+        for i in range(len(x)):
+            n = start + i
+            if on_canvas:
+                pred = detect(heat[i], canvas_scores[i], int(task.canvas.digits), float(task.threshold), rank="area")
+                peaks = {c: peak_point(heat[i, c]) for c in labels[n].unique().tolist()}
+                scores.add(pred, canvases.boxes[n], labels[n], peaks)
+            else:
+                top = int(canvas_scores[i].argmax())
+                pred = Detections(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), torch.zeros(0))
+                correct += int(top == labels[n])
+                captions.append(f"pred {top} / true {int(labels[n])}")
+            if n < shown:
+                found.append(pred)
+                overlays.append(heat[i, int(canvas_scores[i].argmax())])
+        start += len(x)
+    if on_canvas:
+        metrics = {**scores.summary(), **settings(cfg, dataset, stride)}
+    else:
+        metrics = {
+            "cls_acc": correct / start,
+            "images": start,
+            "checkpoint": str(cfg.checkpoint),
+            "dataset": dataset.name,
+            "seed": cfg.seed,
+        }
+    metrics |= {"method": task.method, "source": task.source}
+    write_json(ctx.run_dir / "metrics.json", metrics)
+    ctx.logger.summary(metrics)
+    path = figures.box_grid(
+        images[:shown],
+        torch.stack(overlays),
+        canvases if on_canvas else None,
+        found,
+        ctx.run_dir / "figures" / "cam.png",
+        f"{task.method} at {task.threshold} of max: green true, red predicted" if on_canvas else task.method,
+        captions=captions[:shown],
+    )
+    ctx.logger.images({"figures/cam": path})
+    print_table(f"cam {cfg.checkpoint}", metrics, METRIC_KEYS if on_canvas else ["cls_acc", "images"])
+    return float(metrics[task.monitor])

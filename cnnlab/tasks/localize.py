@@ -1,0 +1,125 @@
+"""task=localize: a trained ResNet made fully convolutional finds digits on large canvases.
+
+The 1x1-conv classifier gives one score map per class. Scores are taken relative to the maps of an empty
+(black) canvas, so background is zero; the canvas class is a pooling of the maps that the background cannot
+win; boxes are connected components of each chosen class's map above a fraction of its maximum.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from cnnlab import figures
+from cnnlab.cam import normalize_per_image, upsample_aligned
+from cnnlab.data.canvas import canvases_for
+from cnnlab.data.loader import DeviceLoader
+from cnnlab.errors import ConfigError
+from cnnlab.localization import POOLINGS, Scores, detect, peak_point, pool_scores
+from cnnlab.models.fully_conv import FullyConvNet
+from cnnlab.results import print_table, write_json
+from cnnlab.run import Context
+from cnnlab.training.checkpoint import restore_model
+
+log = logging.getLogger("cnnlab")
+METRIC_KEYS = ["cls_acc", "loc_acc", "mean_iou", "center_err_px", "pointing_acc", "box_precision", "canvases"]
+
+
+def run(ctx: Context) -> float:
+    cfg, task = ctx.cfg, ctx.cfg.task
+    check_task(task, METRIC_KEYS)
+    model, saved, _ = restore_model(cfg.checkpoint, ctx.device, ctx.run_dir)
+    dataset = trained_dataset(saved, cfg)
+    canvases = canvases_for(task.canvas, dataset)
+    net = FullyConvNet(model).eval()
+    with torch.no_grad():
+        blank = net(normalized(torch.zeros_like(canvases.images[:1]), dataset, ctx.device))
+        heat = torch.cat([net(x) - blank for x in batches(canvases.images, dataset, ctx.device, task.batch_size)])
+    heat = heat.float().cpu()
+    canvas_scores = pool_scores(heat, task.pooling, task.window, task.topk)
+    scores, found = Scores(float(task.iou)), []
+    for i in range(len(canvases)):
+        pred = detect(
+            heat[i],
+            canvas_scores[i],
+            int(task.canvas.digits),
+            float(task.threshold),
+            net.stride,
+            net.first_center,
+            "peak",
+        )
+        peaks = {c: peak_point(heat[i, c], net.stride, net.first_center) for c in canvases.labels[i].unique().tolist()}
+        scores.add(pred, canvases.boxes[i], canvases.labels[i], peaks)
+        found.append(pred)
+    metrics = {**scores.summary(), **settings(cfg, dataset, net.stride)}
+    write_json(ctx.run_dir / "metrics.json", metrics)
+    ctx.logger.summary(metrics)
+    shown = min(int(task.figure_count), len(canvases))
+    classes = torch.stack([f.labels[0] for f in found[:shown]])
+    overlay = upsample_aligned(heat[:shown], net.stride, tuple(canvases.images.shape[2:]))
+    overlay = normalize_per_image(overlay[torch.arange(shown), classes].clamp(min=0))
+    path = figures.box_grid(
+        canvases.images[:shown],
+        overlay,
+        canvases,
+        found[:shown],
+        ctx.run_dir / "figures" / "localize.png",
+        f"fully convolutional {saved.model.get('depth', '')}: green true, red predicted",
+    )
+    ctx.logger.images({"figures/localize": path})
+    print_table(f"localize {cfg.checkpoint}", metrics, METRIC_KEYS)
+    return float(metrics[task.monitor])
+
+
+def check_task(task: DictConfig, monitors: list[str]) -> None:
+    """Options shared by task=localize and task=cam, checked before any work."""
+    if task.pooling not in POOLINGS:
+        raise ConfigError("task.pooling", task.pooling, f"one of {', '.join(POOLINGS)}", "task.pooling=window")
+    for key in ("window", "topk", "batch_size", "figure_count"):
+        if not isinstance(task[key], int) or task[key] <= 0:
+            raise ConfigError(f"task.{key}", task[key], "a positive integer", f"task.{key}={_default(key)}")
+    for key in ("threshold", "iou"):
+        if not isinstance(task[key], (int, float)) or not 0 < task[key] <= 1:
+            raise ConfigError(f"task.{key}", task[key], "a fraction in (0, 1]", f"task.{key}=0.5")
+    if task.monitor not in monitors:
+        raise ConfigError("task.monitor", task.monitor, f"one of {', '.join(monitors)}", f"task.monitor={monitors[1]}")
+
+
+def _default(key: str) -> int:
+    return {"window": 7, "topk": 16, "batch_size": 50, "figure_count": 16}[key]
+
+
+def trained_dataset(saved: DictConfig, cfg: DictConfig) -> DictConfig:
+    """The dataset config the model was trained with; `dataset.root=` on the command line moves its files."""
+    dataset = saved.dataset
+    if any(o.startswith("dataset.root=") for o in HydraConfig.get().overrides.task):
+        dataset.root = cfg.dataset.root
+    return dataset
+
+
+def batches(images: torch.Tensor, dataset: DictConfig, device: torch.device, size: int) -> Any:
+    """Normalized float batches, by the same code and statistics as in training."""
+    loader = DeviceLoader(images, torch.zeros(len(images)), size, list(dataset.mean), list(dataset.std), device)
+    return (x for x, _ in loader)
+
+
+def normalized(images: torch.Tensor, dataset: DictConfig, device: torch.device) -> torch.Tensor:
+    return next(iter(batches(images, dataset, device, len(images))))
+
+
+def settings(cfg: DictConfig, dataset: DictConfig, stride: int) -> dict[str, Any]:
+    """The run's settings, flat, next to its metrics (for tables across runs)."""
+    task = cfg.task
+    return {
+        "checkpoint": str(cfg.checkpoint),
+        "dataset": dataset.name,
+        **{f"canvas.{k}": v for k, v in task.canvas.items()},
+        "pooling": task.pooling,
+        "threshold": task.threshold,
+        "stride": stride,
+        "seed": cfg.seed,
+    }
