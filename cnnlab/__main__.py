@@ -31,11 +31,10 @@ def app(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "report":
-        from cnnlab.report import main as report_main
+    if len(sys.argv) > 1 and sys.argv[1] in ("report", "sweep"):  # cnnlab report <dir>, cnnlab sweep <overrides>
+        import importlib
 
-        sys.argv = [f"{sys.argv[0]} report", *sys.argv[2:]]
-        report_main()
+        importlib.import_module(f"cnnlab.{sys.argv[1]}").main(sys.argv[2:])
         return
     app()
 

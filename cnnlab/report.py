@@ -1,0 +1,285 @@
+"""`cnnlab report <dir>`: a sweep's run dirs -> results.md, figures/*.png and the same table in the terminal.
+
+A run dir is any folder under <dir> holding .hydra/overrides.yaml: the jobs of a Hydra multirun, or the runs
+W&B sweep agents wrote under one output dir. Runs with metrics.json are completed; runs whose status.json
+says failed are listed with their error; the rest are unfinished (still running, or killed).
+Rows group the completed runs that differ only in their seed: test accuracy is the mean +- std over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from cnnlab.callbacks import sweep_statuses
+from cnnlab.errors import UserError
+from cnnlab.figures import _plt, _save
+
+# model keys shown as their own columns; other overrides that vary across the sweep go into "setting"
+MODEL_COLUMNS = ("model.depth", "model.residual", "model.shortcut")
+HEADERS = ("depth", "residual", "shortcut", "params", "best val acc", "test acc", "seeds", "epochs", "wall time")
+
+
+@dataclass
+class Run:
+    dir: Path
+    overrides: list[str]
+    config: DictConfig
+    metrics: dict[str, Any] | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def status(self) -> str:
+        return "completed" if self.metrics is not None else "failed" if self.error else "unfinished"
+
+    def get(self, key: str) -> Any:
+        """A config value by dotted key, e.g. model.depth; None when the config has no such key."""
+        return OmegaConf.select(self.config, key, default=None, throw_on_resolution_failure=False)
+
+
+@dataclass
+class Row:
+    """The completed runs of one setting, over seeds."""
+
+    key: tuple[Any, ...]
+    runs: list[Run]
+
+    def mean(self, metric: str) -> float:
+        return statistics.fmean(float(r.metrics[metric]) for r in self.runs)  # type: ignore[index]
+
+    def std(self, metric: str) -> float:
+        values = [float(r.metrics[metric]) for r in self.runs]  # type: ignore[index]
+        return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def load_runs(root: Path) -> list[Run]:
+    runs = []
+    for job, status in sweep_statuses(root).items():
+        overrides = OmegaConf.to_container(OmegaConf.load(job / ".hydra" / "overrides.yaml"))
+        config_path = job / ".hydra" / "config.yaml"
+        config = OmegaConf.load(config_path) if config_path.exists() else OmegaConf.create()
+        run = Run(job, [str(o) for o in overrides], config)  # type: ignore[union-attr, arg-type]
+        if (job / "metrics.json").exists():
+            run.metrics = json.loads((job / "metrics.json").read_text())
+            history = job / "history.jsonl"
+            if history.exists():
+                run.history = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
+        elif status is not None and status["status"] == "failed":
+            run.error = status.get("error", "failed")
+        runs.append(run)
+    return runs
+
+
+def varying_overrides(runs: Sequence[Run]) -> list[str]:
+    """Override keys (other than seed and the model columns) whose value differs between runs."""
+    values: dict[str, set[str]] = {}
+    for run in runs:
+        for key, value in _split(run.overrides).items():
+            values.setdefault(key, set()).add(value)
+    keys = [k for k, v in values.items() if k not in ("seed", *MODEL_COLUMNS)]
+    return [k for k in keys if len(values[k]) > 1 or any(k not in _split(r.overrides) for r in runs)]
+
+
+def _split(overrides: Sequence[str]) -> dict[str, str]:
+    return dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)
+
+
+def group_rows(runs: Sequence[Run]) -> tuple[list[Row], list[str]]:
+    """Completed runs grouped by setting (everything but the seed), plain before residual, then by depth."""
+    done = [r for r in runs if r.status == "completed"]
+    setting_keys = varying_overrides(done)
+    groups: dict[tuple[Any, ...], list[Run]] = {}
+    for run in done:
+        setting = tuple(_split(run.overrides).get(k, "") for k in setting_keys)
+        key = (*(run.get(k) for k in MODEL_COLUMNS), *setting)
+        groups.setdefault(key, []).append(run)
+    rows = [Row(key, sorted(rs, key=lambda r: r.get("seed") or 0)) for key, rs in groups.items()]
+    rows.sort(key=lambda row: (bool(row.key[1]), str(row.key[2]), row.key[0] or 0, *map(str, row.key[3:])))
+    return rows, setting_keys
+
+
+def cells(row: Row, setting_keys: Sequence[str]) -> list[str]:
+    depth, residual, shortcut, *setting = row.key
+    kind = "-" if residual is None else "residual" if residual else "plain"
+    return [
+        "-" if depth is None else str(depth),
+        kind,
+        "-" if shortcut is None or not residual else str(shortcut),
+        _params(int(row.runs[0].metrics["params"])),  # type: ignore[index]
+        f"{100 * row.mean('best_val_acc'):.2f}",
+        f"{100 * row.mean('test_acc'):.2f} ± {100 * row.std('test_acc'):.2f}",
+        str(len(row.runs)),
+        f"{row.mean('epochs'):.2f}" if row.mean("epochs") < 10 else f"{row.mean('epochs'):.0f}",
+        _duration(row.mean("seconds")),
+        *([" ".join(f"{k}={v}" for k, v in zip(setting_keys, setting, strict=True))] if setting_keys else []),
+    ]
+
+
+def _params(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def markdown(
+    root: Path, runs: Sequence[Run], rows: Sequence[Row], setting_keys: Sequence[str], figures: list[Path]
+) -> str:
+    counts = {s: sum(r.status == s for r in runs) for s in ("completed", "failed", "unfinished")}
+    headers = [*HEADERS, *(["setting"] if setting_keys else [])]
+    lines = [
+        f"# Results: {root.name}",
+        "",
+        f"{len(runs)} runs: {counts['completed']} completed, {counts['failed']} failed, "
+        f"{counts['unfinished']} unfinished. Accuracies in %; test acc is the mean ± std over seeds; "
+        "epochs and wall time are means per run.",
+        "",
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join("---:" if h not in ("residual", "shortcut", "setting") else "---" for h in headers) + "|",
+    ]
+    lines += ["| " + " | ".join(cells(row, setting_keys)) + " |" for row in rows]
+    lines += ["", *(f"![{p.stem}](figures/{p.name})" for p in figures)]
+    for status, title in (("failed", "Failed runs"), ("unfinished", "Unfinished runs (running, or killed)")):
+        listed = [r for r in runs if r.status == status]
+        if listed:
+            lines += ["", f"## {title}", ""]
+            for run in listed:
+                reason = f": {run.error}" if run.error else ""
+                lines.append(f"- `{run.dir.relative_to(root)}` ({' '.join(run.overrides)}){reason}")
+    return "\n".join(lines) + "\n"
+
+
+def error_vs_depth(rows: Sequence[Row], path: Path) -> Path | None:
+    """Test error vs depth, plain and residual (He et al. 2016, Table 6 as a plot)."""
+    series: dict[str, list[Row]] = {}
+    for row in rows:
+        depth, residual = row.key[0], row.key[1]
+        if depth is not None and residual is not None:
+            series.setdefault(_label(row), []).append(row)
+    if not series:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for label, rs in sorted(series.items()):
+        rs = sorted(rs, key=lambda r: r.key[0])
+        ax.errorbar(
+            [r.key[0] for r in rs],
+            [100 * (1 - r.mean("test_acc")) for r in rs],
+            yerr=[100 * r.std("test_acc") for r in rs],
+            marker="o",
+            capsize=3,
+            label=label,
+            linestyle="-" if "residual" in label else "--",
+        )
+    ax.set(xlabel="depth (layers)", ylabel="test error (%)", title="test error vs depth (mean ± std over seeds)")
+    ax.set_xticks(sorted({r.key[0] for r in rows if r.key[0] is not None}))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def training_curves(rows: Sequence[Row], path: Path) -> Path | None:
+    """Training (dashed) and validation (solid) error over iterations, one panel per kind (He et al., Figure 6)."""
+    panels: dict[str, list[Row]] = {}
+    for row in rows:
+        if row.key[1] is not None and any(r.history for r in row.runs):
+            panels.setdefault(_label(row), []).append(row)
+    if not panels:
+        return None
+    plt = _plt()
+    names = sorted(panels, key=lambda s: ("residual" in s, s))
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), sharey=True, squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        for i, row in enumerate(sorted(panels[name], key=lambda r: r.key[0] or 0)):
+            steps, train, val = _mean_curve(row.runs)
+            color = f"C{i}"
+            depth = f"{row.key[0]}-layer" if row.key[0] is not None else "run"
+            ax.plot(steps, train, linestyle="--", color=color, linewidth=1)
+            ax.plot(steps, val, linestyle="-", color=color, linewidth=2, label=depth)
+        ax.set(xlabel="iteration", ylabel="error (%)", title=f"{name}: dashed train, solid val")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _save(fig, path)
+
+
+def _label(row: Row) -> str:
+    depth, residual, shortcut, *setting = row.key
+    name = f"residual ({shortcut})" if residual else "plain"
+    return " ".join([name, *(str(s) for s in setting)])
+
+
+def _mean_curve(runs: Sequence[Run]) -> tuple[list[float], list[float], list[float]]:
+    """Train and val error (%) at each evaluation step, averaged over the seeds that reached it."""
+    by_step: dict[float, list[dict[str, float]]] = {}
+    for run in runs:
+        for record in run.history:
+            by_step.setdefault(record["step"], []).append(record)
+    steps = sorted(by_step)
+    train = [100 * (1 - statistics.fmean(r["train_acc"] for r in by_step[s])) for s in steps]
+    val = [100 * (1 - statistics.fmean(r["val_acc"] for r in by_step[s])) for s in steps]
+    return steps, train, val
+
+
+def print_table(root: Path, rows: Sequence[Row], setting_keys: Sequence[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{root}", show_header=True)
+    for header in [*HEADERS, *(["setting"] if setting_keys else [])]:
+        table.add_column(header, justify="left" if header in ("residual", "shortcut", "setting") else "right")
+    for row in rows:
+        table.add_row(*cells(row, setting_keys))
+    Console(width=None if sys.stdout.isatty() else 200).print(table)  # a pipe or file: don't wrap at 80
+
+
+def report(root: Path, figures: bool = True) -> list[Run]:
+    """Write results.md and figures/ into `root`, print the table; returns the runs it found."""
+    if not root.is_dir():
+        raise UserError(f"{root} is not a directory: pass the sweep dir, e.g. outputs/multirun/<date>/<time>")
+    runs = load_runs(root)
+    if not runs:
+        raise UserError(f"no runs under {root}: a run dir holds .hydra/overrides.yaml (pass the sweep dir)")
+    rows, setting_keys = group_rows(runs)
+    written: list[Path] = []
+    if figures and rows:
+        for draw, name in ((error_vs_depth, "error_vs_depth.png"), (training_curves, "training_curves.png")):
+            path = draw(rows, root / "figures" / name)
+            if path is not None:
+                written.append(path)
+    (root / "results.md").write_text(markdown(root, runs, rows, setting_keys, written))
+    print_table(root, rows, setting_keys)
+    for run in runs:
+        if run.status != "completed":
+            print(f"{run.status}: {run.dir.relative_to(root)} ({' '.join(run.overrides)}) {run.error or ''}")
+    print(f"wrote {root / 'results.md'}" + "".join(f", {p}" for p in written))
+    return runs
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="cnnlab report", description="Summarise a sweep: results.md, figures/ and a table of its runs."
+    )
+    parser.add_argument("dir", type=Path, help="a multirun dir, or an output dir W&B agents wrote runs under")
+    parser.add_argument("--no-figures", action="store_true", help="skip the PNGs")
+    args = parser.parse_args(argv)
+    try:
+        report(args.dir, figures=not args.no_figures)
+    except UserError as e:
+        print(f"cnnlab report: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

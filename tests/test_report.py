@@ -1,0 +1,183 @@
+"""cnnlab.report on fabricated run dirs: the table, the failure list, the figures, partial and W&B-agent layouts."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cnnlab.callbacks import write_status
+from cnnlab.report import load_runs, main, report
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def make_run(
+    job: Path,
+    overrides: list[str],
+    test_acc: float | None = None,
+    model: dict | None = None,
+    steps: int = 40,
+    status: str | None = None,
+    error: Exception | None = None,
+) -> Path:
+    """A run dir as cnnlab leaves it: .hydra/, and metrics.json + history.jsonl when the run completed."""
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    values = dict(o.split("=", 1) for o in overrides)
+    model = model or {
+        "_target_": "cnnlab.models.resnet.ResNet",
+        "depth": int(values.get("model.depth", 20)),
+        "residual": values.get("model.residual", "true") == "true",
+        "shortcut": "A",
+        "in_channels": "${dataset.shape.0}",  # left unresolved, as Hydra saves it
+    }
+    config = {"seed": int(values.get("seed", 0)), "model": model, "dataset": {"shape": [1, 28, 28]}}
+    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    if test_acc is not None:
+        metrics = {"test_acc": test_acc, "best_val_acc": test_acc + 0.01, "params": 269_434, "epochs": 2.0}
+        (job / "metrics.json").write_text(json.dumps({**metrics, "seconds": 75.0, "steps": steps}))
+        history = [
+            {"step": s, "epoch": s / 20, "train_loss": 1.0, "train_acc": 0.5 + s / 200, "val_acc": test_acc * s / steps}
+            for s in range(10, steps + 1, 10)
+        ]
+        (job / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    if status is not None:
+        write_status(job, status, overrides, error)
+    return job
+
+
+def accuracy(depth: int, residual: bool, seed: int) -> float:
+    """Fabricated test accuracy: the degradation pattern, plus a seed-dependent wobble."""
+    base = 0.90 + (0.002 if residual else -0.003) * (depth - 20) / 12
+    return round(base + 0.004 * seed, 4)
+
+
+@pytest.fixture
+def grid(tmp_path: Path) -> Path:
+    """A finished 2 depths x plain/residual x 2 seeds multirun, jobs numbered like Hydra's."""
+    sweep = tmp_path / "multirun" / "2026-01-01" / "12-00-00"
+    num = 0
+    for depth in (20, 32):
+        for residual in (True, False):
+            for seed in (0, 1):
+                overrides = [f"model.depth={depth}", f"model.residual={str(residual).lower()}", f"seed={seed}"]
+                make_run(sweep / str(num), overrides, accuracy(depth, residual, seed), status="completed")
+                num += 1
+    return sweep
+
+
+def table_rows(results: str) -> list[list[str]]:
+    lines = [line for line in results.splitlines() if line.startswith("| ") and not line.startswith("| depth")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+
+
+def test_table_has_one_row_per_setting_with_mean_and_std_over_seeds(grid: Path) -> None:
+    report(grid)
+    results = (grid / "results.md").read_text()
+    rows = table_rows(results)
+    assert [(r[0], r[1]) for r in rows] == [("20", "plain"), ("32", "plain"), ("20", "residual"), ("32", "residual")]
+    for row in rows:
+        depth, residual = int(row[0]), row[1] == "residual"
+        accs = [accuracy(depth, residual, seed) for seed in (0, 1)]
+        assert row[5] == f"{100 * statistics.fmean(accs):.2f} ± {100 * statistics.stdev(accs):.2f}"
+        assert row[4] == f"{100 * statistics.fmean(accs) + 1:.2f}"  # best val acc, mean
+        assert row[2] == ("A" if residual else "-")
+        assert row[3] == "0.27M" and row[6] == "2" and row[8] == "1m 15s"
+    assert "8 runs: 8 completed, 0 failed, 0 unfinished" in results
+    assert "Failed runs" not in results
+
+
+def test_figures_are_written_and_linked(grid: Path) -> None:
+    report(grid)
+    results = (grid / "results.md").read_text()
+    for name in ("error_vs_depth.png", "training_curves.png"):
+        assert (grid / "figures" / name).read_bytes().startswith(PNG)
+        assert f"(figures/{name})" in results
+
+
+def test_partial_sweep_lists_failed_and_unfinished_runs(grid: Path) -> None:
+    make_run(
+        grid / "8",
+        ["model.depth=44", "model.residual=false", "seed=0"],
+        status="failed",
+        error=RuntimeError("CUDA out of memory"),
+    )
+    make_run(grid / "9", ["model.depth=44", "model.residual=true", "seed=0"], status="running")
+    make_run(grid / "10", ["model.depth=56", "model.residual=true", "seed=0"])  # killed before its first status
+    report(grid, figures=False)
+    results = (grid / "results.md").read_text()
+    assert len(table_rows(results)) == 4  # only completed runs make rows: no depth-44 row
+    failed = results.split("## Failed runs")[1].split("##")[0]
+    assert "`8` (model.depth=44 model.residual=false seed=0): RuntimeError: CUDA out of memory" in failed
+    unfinished = results.split("## Unfinished runs")[1]
+    assert "`9`" in unfinished and "`10`" in unfinished and "`8`" not in unfinished
+    assert "11 runs: 8 completed, 1 failed, 2 unfinished" in results
+
+
+def test_completed_run_wins_over_a_stale_status(grid: Path) -> None:
+    write_status(grid / "0", "running", ["model.depth=20"])  # e.g. status.json written before a crash of the writer
+    assert [r.status for r in load_runs(grid)].count("completed") == 8
+
+
+def test_jobs_are_ordered_numerically(tmp_path: Path) -> None:
+    for num in (10, 2, 1):
+        make_run(tmp_path / str(num), [f"model.depth={20 + 12 * (num % 3)}"], 0.9)
+    assert [r.dir.name for r in load_runs(tmp_path)] == ["1", "2", "10"]
+
+
+def test_wandb_agent_runs_under_one_output_dir(tmp_path: Path) -> None:
+    """Agent runs are single runs: outputs/<date>/<time>/, found at any depth, wandb/ folders ignored."""
+    outputs = tmp_path / "outputs"
+    for i, (depth, residual) in enumerate([(20, True), (20, False), (32, True)]):
+        job = make_run(
+            outputs / "2026-01-01" / f"12-00-0{i}-000000",
+            [f"model.depth={depth}", f"model.residual={str(residual).lower()}", "seed=0", "logger.mode=online"],
+            accuracy(depth, residual, 0),
+        )
+        (job / "wandb" / "run-x" / "files").mkdir(parents=True)
+    report(outputs, figures=False)
+    rows = table_rows((outputs / "results.md").read_text())
+    assert [(r[0], r[1], r[6]) for r in rows] == [
+        ("20", "plain", "1"),
+        ("20", "residual", "1"),
+        ("32", "residual", "1"),
+    ]
+
+
+def test_other_varying_overrides_get_their_own_rows(tmp_path: Path) -> None:
+    for num, lr in enumerate(("0.1", "0.01")):
+        make_run(tmp_path / str(num), ["model.depth=20", f"optimizer.lr={lr}"], 0.9 - num / 10)
+    report(tmp_path, figures=False)
+    results = (tmp_path / "results.md").read_text()
+    assert "| setting |" in results
+    rows = table_rows(results)
+    assert sorted(r[-1] for r in rows) == ["optimizer.lr=0.01", "optimizer.lr=0.1"]
+    assert not (tmp_path / "figures").exists()
+
+
+def test_models_without_depth_get_a_table_but_no_depth_plot(tmp_path: Path) -> None:
+    mlp = {"_target_": "cnnlab.models.mlp.MLP", "hidden": [16]}
+    for seed in (0, 1):
+        make_run(tmp_path / str(seed), [f"seed={seed}"], 0.95, model=mlp)
+    report(tmp_path)
+    rows = table_rows((tmp_path / "results.md").read_text())
+    assert len(rows) == 1 and rows[0][:3] == ["-", "-", "-"] and rows[0][6] == "2"
+    assert not (tmp_path / "figures" / "error_vs_depth.png").exists()
+
+
+def test_cli_prints_the_table(grid: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main([str(grid), "--no-figures"])
+    out = capsys.readouterr().out
+    assert "residual" in out and "plain" in out and "results.md" in out
+
+
+@pytest.mark.parametrize("make", [lambda p: p / "missing", lambda p: p])
+def test_cli_refuses_a_dir_without_runs(tmp_path: Path, make, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(make(tmp_path))])
+    assert exit_info.value.code == 2
+    assert "cnnlab report: error:" in capsys.readouterr().err
