@@ -17,9 +17,15 @@ def app(cfg: DictConfig) -> float | None:
     from hydra.types import RunMode
 
     from cnnlab.run import run
+    from cnnlab.training.stop import Interrupted
 
     try:
         return run(cfg)
+    except Interrupted as e:  # SIGTERM or Ctrl-C: a checkpoint is written; say how to continue
+        print(f"cnnlab: {e}", file=sys.stderr)
+        if e.resume_command:
+            print(f"cnnlab: resume with: {e.resume_command}", file=sys.stderr)
+        sys.exit(e.exit_code)
     except UserError as e:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # the sweep records this job as failed and goes on

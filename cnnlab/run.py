@@ -19,9 +19,11 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab import tasks
-from cnnlab.errors import ConfigError
+from cnnlab import resume, tasks
+from cnnlab.errors import ConfigError, UserError
 from cnnlab.tracking import NullLogger
+from cnnlab.training import checkpoint
+from cnnlab.training.stop import Interrupted, stop
 from cnnlab.training.trainer import TrainerConfig
 
 log = logging.getLogger("cnnlab")
@@ -35,6 +37,7 @@ class Context:
     run_dir: Path
     device: torch.device
     logger: NullLogger
+    resume: dict[str, Any] | None = None  # the checkpoint state trainer.resume continues from
 
 
 def run(cfg: DictConfig) -> float:
@@ -44,17 +47,49 @@ def run(cfg: DictConfig) -> float:
     log.info("device %s, %d torch threads", device, torch.get_num_threads())
     seed_everything(int(cfg.seed))
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    state = None
+    if cfg.trainer.get("resume"):
+        run_dir, state = load_resume(cfg)
     print_config(cfg)
-    logger: NullLogger = instantiate(cfg.logger)
+    logger: NullLogger = build(cfg.logger)
     task = tasks.get(cfg.task.name)
-    logger.start(config_dict(cfg), run_dir, run_name(cfg), group=sweep_group())
+    resume_id = state.get("wandb_id") if state else None
+    logger.start(config_dict(cfg), run_dir, run_name(cfg), group=sweep_group(), resume_id=resume_id)
     exit_code = 1
     try:
-        result = task(Context(cfg, run_dir, device, logger))
+        with stop.handling():
+            result = task(Context(cfg, run_dir, device, logger, resume=state))
         exit_code = 0
         return result
+    except Interrupted as e:
+        exit_code = e.exit_code
+        logger.summary({"status": "interrupted", "interrupted_by": e.signal_name, "interrupted_at_step": e.step})
+        e.resume_command = resume.resume_command(HydraConfig.get().overrides.task, run_dir)
+        raise
     finally:
         logger.finish(exit_code)
+
+
+def load_resume(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
+    """The run dir and checkpoint state trainer.resume continues (the Preflight callback already chose it)."""
+    path = resume.find_checkpoint(str(cfg.trainer.resume), Path(cfg.paths.output_dir), HydraConfig.get().overrides.task)
+    state = checkpoint.load(path)
+    resume.check_same_run(state["config"], config_dict(cfg), path)
+    for stale in path.parent.glob(".*.tmp"):  # left by a kill during a checkpoint write
+        stale.unlink()
+    log.info("resuming %s from step %d", resume.run_dir_of(path), state["progress"]["step"])
+    return resume.run_dir_of(path), state
+
+
+def build(node: DictConfig) -> Any:
+    """hydra.utils.instantiate, with our own config errors raised as they are (Hydra wraps them in its own)."""
+    try:
+        return instantiate(node)
+    except Exception as e:
+        cause = e.__cause__
+        if isinstance(cause, UserError):
+            raise cause from None
+        raise
 
 
 def validate(cfg: DictConfig) -> None:
@@ -65,6 +100,8 @@ def validate(cfg: DictConfig) -> None:
     if not isinstance(lr, (int, float)) or lr <= 0:
         raise ConfigError("optimizer.lr", lr, "a positive number", "optimizer.lr=0.1")
     TrainerConfig.from_config(cfg.trainer)
+    if "_target_" in cfg.model:
+        build(cfg.model)  # depth, width, shortcut...: fail before data is read or a W&B run starts
     instantiate(cfg.scheduler)(steps_per_epoch=1, total_steps=1)
     if cfg.dataset.name == "mnist_sample" or cfg.dataset.root is None:
         return

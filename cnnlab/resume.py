@@ -1,0 +1,119 @@
+"""trainer.resume=<run dir | checkpoint | auto>: find the checkpoint a stopped run left, and check it is this run.
+
+A resumed run continues in the run dir of the original (history, checkpoints, W&B run), so it ends exactly
+as if it had never stopped. `auto` picks the newest run dir under paths.output_dir that was started with the
+same overrides (trainer.resume aside) and has a checkpoint.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from cnnlab.errors import CheckpointError, ConfigError
+
+ALLOWED = "a run dir, <run dir>/checkpoints/last.pt, or auto"
+# Keys that may change on resume because they do not change what is computed: where and how it runs.
+FREE_KEYS = (
+    "trainer.resume",
+    "trainer.device",
+    "trainer.threads",
+    "trainer.log_every",
+    "trainer.checkpoint_every",
+    "trainer.figures",
+    "dataset.root",
+    "dataset.download",
+    "logger",
+    "paths",
+)
+
+
+def find_checkpoint(spec: str, output_dir: Path, overrides: Sequence[str]) -> Path:
+    """The checkpoint `trainer.resume=spec` points at; it lies in <run dir>/checkpoints/."""
+    if spec == "auto":
+        return newest_matching(output_dir, overrides)
+    path = Path(spec)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pt"
+        if not path.is_file():
+            raise CheckpointError(
+                f"trainer.resume={spec}: {path} does not exist; the run stopped before its first checkpoint "
+                "(or ran with trainer.checkpoint=false). Start it again without trainer.resume."
+            )
+        return path
+    if path.is_file() and path.parent.name == "checkpoints":
+        return path
+    raise ConfigError("trainer.resume", spec, ALLOWED, "trainer.resume=auto")
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    return checkpoint.parent.parent
+
+
+def without_resume(overrides: Iterable[str]) -> list[str]:
+    return [o for o in overrides if not o.startswith("trainer.resume=")]
+
+
+def comparable(overrides: Iterable[str]) -> list[str]:
+    return sorted(without_resume(overrides))
+
+
+def newest_matching(output_dir: Path, overrides: Sequence[str]) -> Path:
+    wanted = comparable(overrides)
+    found = []
+    for file in Path(output_dir).rglob("overrides.yaml"):
+        if file.parent.name != ".hydra":
+            continue
+        last = run_dir_of(file) / "checkpoints" / "last.pt"
+        if last.is_file() and comparable(OmegaConf.load(file)) == wanted:
+            found.append(last)
+    if not found:
+        shown = " ".join(wanted) or "(none)"
+        raise CheckpointError(
+            f"trainer.resume=auto: no run under {output_dir} was started with the overrides {shown} and has a "
+            "checkpoint to resume. Pass the run dir instead: trainer.resume=<run dir>."
+        )
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out |= _flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+    return out
+
+
+def check_same_run(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+    """Refuse to resume a checkpoint with a config that would compute something else (another model, lr...)."""
+    before, now = _flat(saved), _flat(current)
+    differ = [
+        f"{key}: {before.get(key, '<unset>')!r} in the checkpoint, {now.get(key, '<unset>')!r} now"
+        for key in sorted(before.keys() | now.keys())
+        if before.get(key) != now.get(key)
+        and now.get(key) != "auto"  # the checkpoint stores what `auto` became (precision, layout)
+        and not any(key == k or key.startswith(k + ".") for k in FREE_KEYS)
+    ]
+    if differ:
+        original = run_dir_of(path) / ".hydra" / "overrides.yaml"
+        hint = (
+            f" The run was started with: {' '.join(map(shlex.quote, without_resume(OmegaConf.load(original))))}."
+            if original.is_file()
+            else ""
+        )
+        raise CheckpointError(
+            f"{path} was written by a run with a different config, so this run cannot continue it:\n  "
+            + "\n  ".join(differ[:10])
+            + f"\nResume with the same overrides as the original run.{hint}"
+        )
+
+
+def resume_command(overrides: Sequence[str], run_dir: Path) -> str:
+    """The command line that continues this run."""
+    args = [*without_resume(overrides), f"trainer.resume={run_dir}"]
+    return "python -m cnnlab " + " ".join(shlex.quote(a) for a in args)

@@ -1,0 +1,69 @@
+"""SIGTERM and Ctrl-C: the training loop finishes its step, writes a checkpoint and stops, so the run resumes.
+
+A signal only sets a flag while the Trainer is stepping (it checks the flag between steps, where the state is
+consistent); outside the loop, or on a second signal, it stops at once. Either way the run ends with
+`Interrupted`, a KeyboardInterrupt, so no `except Exception` swallows it and a multirun stops too.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Interrupted(KeyboardInterrupt):
+    """The run was stopped by a signal; `exit_code` is 128 + the signal number, as a shell reports it."""
+
+    def __init__(self, signal_name: str, step: int | None = None, checkpoint: str | None = None) -> None:
+        self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
+        self.resume_command: str | None = None  # filled in by cnnlab.run, which knows the overrides
+        self.exit_code = 128 + int(getattr(signal, signal_name, signal.SIGINT))
+        where = f" at step {step}" if step is not None else ""
+        saved = f"; checkpoint written to {checkpoint}" if checkpoint else ""
+        super().__init__(f"interrupted by {signal_name}{where}{saved}")
+
+
+class StopRequest:
+    """Set by SIGTERM/SIGINT while `handling()` is active; the Trainer polls it with `stepping()` around its loop."""
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self.polled = False
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self.polled and self.signal_name is None:
+            self.signal_name = name  # the loop checkpoints and raises at the next step boundary
+            return
+        raise Interrupted(self.signal_name or name)
+
+    @contextmanager
+    def handling(self) -> Iterator[StopRequest]:
+        """Route SIGTERM and SIGINT here for the duration (main thread only; elsewhere signals stay as they are)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        self.signal_name = None
+        previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    @contextmanager
+    def stepping(self) -> Iterator[StopRequest]:
+        """While inside, a first signal only sets `signal_name`; the caller must check it between steps."""
+        self.polled = True
+        try:
+            yield self
+        finally:
+            self.polled = False
+
+
+stop = StopRequest()

@@ -1,0 +1,128 @@
+"""Exact resume: a training run killed mid-epoch (SIGKILL, SIGTERM, Ctrl-C) and resumed ends bit-identical."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnlab.errors import CheckpointError
+from cnnlab.training import checkpoint
+from cnnlab.training.trainer import truncate_history
+from tests.conftest import ROOT, cli, run_app
+
+# 7000 train images / 256 = 28 steps per epoch, 56 in all; dropout draws from the torch RNG every step.
+RUN = [
+    "logger=none",
+    "trainer.threads=1",
+    "trainer.figures=false",
+    "model.hidden=[16]",
+    "model.dropout=0.1",
+    "trainer.batch_size=256",
+    "trainer.epochs=2",
+    "trainer.checkpoint_every=10",
+    "trainer.log_every=5",
+]
+KILL_AT = 37  # mid-epoch 2: the last periodic checkpoint is at step 30, the last evaluation at 28
+
+# Runs cnnlab in a child that sends itself `signal` just before its training batch number `at` is used.
+CHILD = """
+import os, sys
+from cnnlab.data import loader
+sig, at = int(sys.argv[1]), int(sys.argv[2])
+original, count = loader.DeviceLoader.batches, [0]
+def batches(self, epoch=0, start=0):
+    for batch in original(self, epoch, start):
+        if self.shuffle:
+            count[0] += 1
+            if count[0] == at:
+                os.kill(os.getpid(), sig)
+        yield batch
+loader.DeviceLoader.batches = batches
+import runpy
+sys.argv = ["cnnlab", *sys.argv[3:]]
+runpy.run_module("cnnlab", run_name="__main__", alter_sys=True)  # as `python -m cnnlab`
+"""
+
+
+def run_killed(sig: int, at: int, *overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    return subprocess.run(
+        [sys.executable, "-c", CHILD, str(int(sig)), str(at), *overrides],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """The same run, never interrupted."""
+    run_dir = tmp_path_factory.mktemp("reference")
+    run_app(run_dir, *RUN)
+    return run_dir
+
+
+def assert_same_run(run_dir: Path, reference: Path) -> None:
+    for name in ("last.pt", "best.pt"):
+        ours, theirs = (checkpoint.load(d / "checkpoints" / name) for d in (run_dir, reference))
+        assert ours["model"].keys() == theirs["model"].keys()
+        for key, tensor in ours["model"].items():
+            assert torch.equal(tensor, theirs["model"][key]), f"{name}: {key} differs"
+        assert ours["progress"]["step"] == theirs["progress"]["step"]
+    ours, theirs = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, reference))
+    for key in ("test_acc", "test_loss", "val_acc", "val_loss", "best_val_acc", "steps", "epochs", "best_step"):
+        assert ours[key] == theirs[key], key
+    assert (run_dir / "history.jsonl").read_text() == (reference / "history.jsonl").read_text()
+
+
+def test_sigkill_mid_epoch_then_resume_auto_is_bit_identical(reference, tmp_path):
+    out = tmp_path / "outputs"
+    killed = run_killed(signal.SIGKILL, KILL_AT, *RUN, f"paths.output_dir={out}")
+    assert killed.returncode == -signal.SIGKILL
+    (run_dir,) = [p.parent for p in out.rglob("checkpoints")]
+    assert checkpoint.load(run_dir / "checkpoints" / "last.pt")["progress"]["step"] == 30
+    assert not (run_dir / "metrics.json").exists()
+
+    resumed = cli(*RUN, f"paths.output_dir={out}", "trainer.resume=auto")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(run_dir, reference)
+    assert len(list(out.rglob("overrides.yaml"))) == 2  # one run dir: .hydra/ as started, .hydra/resume/
+    assert "trainer.resume" not in (run_dir / ".hydra" / "overrides.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)], ids=["SIGTERM", "SIGINT"]
+)
+def test_signal_writes_checkpoint_prints_resume_command_and_resumes(reference, tmp_path, sig):
+    run_dir = tmp_path / "run"
+    stopped = run_killed(sig, KILL_AT, *RUN, f"hydra.run.dir={run_dir}")
+    assert stopped.returncode == 128 + sig, stopped.stderr
+    assert f"interrupted by {sig.name} at step {KILL_AT}" in stopped.stderr
+    assert "resume with: python -m cnnlab" in stopped.stderr and f"trainer.resume={run_dir}" in stopped.stderr
+    assert checkpoint.load(run_dir / "checkpoints" / "last.pt")["progress"]["step"] == KILL_AT
+    assert not (run_dir / "metrics.json").exists()
+
+    run_app(tmp_path / "unused", *RUN, f"trainer.resume={run_dir / 'checkpoints' / 'last.pt'}")
+    assert_same_run(run_dir, reference)
+
+
+def test_resume_with_another_model_says_what_differs(reference, tmp_path):
+    with pytest.raises(CheckpointError, match=r"model.hidden: \[16\] in the checkpoint, \[32\] now"):
+        run_app(tmp_path, *RUN[:3], "model.hidden=[32]", *RUN[4:], f"trainer.resume={reference}")
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_truncate_history_keeps_rows_up_to_the_checkpoint(tmp_path):
+    path = tmp_path / "history.jsonl"
+    path.write_text('{"step": 10}\n{"step": 20}\n{"step": 30}\n{"st')  # the last line was cut by a kill
+    truncate_history(path, 20)
+    assert path.read_text() == '{"step": 10}\n{"step": 20}\n'
