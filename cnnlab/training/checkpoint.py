@@ -43,6 +43,11 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist. Pass checkpoint=<run dir>/checkpoints/best.pt")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip; a cut-off one has no central directory
+        raise CheckpointError(
+            f"{path} is truncated or corrupt, or was not written by cnnlab (its checkpoints are zip files of "
+            "tensors); refused to load it. Use another checkpoint, e.g. <run dir>/checkpoints/best.pt."
+        )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
