@@ -1,0 +1,246 @@
+"""One grid, three ways to run it: the W&B sweep YAML against Hydra's grid and wandb's own agent code,
+and Hydra multiruns on joblib (with a failing job) and submitit's local executor."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import OmegaConf
+
+from cnnlab.callbacks import JobFailed, JobStatusCallback, print_summary, read_status
+from cnnlab.errors import ConfigError
+from cnnlab.sweep import hydra_grid, main, sweep_config
+from tests.conftest import cli
+
+TINY = ["trainer.max_steps=2", "trainer.threads=1", "trainer.figures=false", "trainer.checkpoint=false"]
+
+
+def sweeps_engine_grid(config: dict) -> list[dict]:
+    """Every run the `sweeps` engine (what the W&B server runs) proposes for a grid sweep config."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sweeps 0.2 uses pydantic v1 config names
+        import sweeps
+    runs: list = []
+    while (run := sweeps.next_run(config, runs, validate=True)) is not None:
+        run.state = sweeps.RunState.finished
+        runs.append(run)
+        assert len(runs) <= 1000
+    return runs
+
+
+def as_set(jobs) -> set[frozenset]:
+    return {frozenset((k, repr(v)) for k, v in job.items()) for job in jobs}  # repr: lists are unhashable
+
+
+def parsed(job: list[str]) -> dict:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    return {o.split("=", 1)[0]: parser.parse_override(o).value() for o in job}
+
+
+def agent_command(config: dict, run) -> list[str]:
+    """The command line wandb's agent builds for one proposed run (wandb/wandb_agent.py, Agent._command_run)."""
+    from wandb.sdk.launch.sweeps import utils as sweep_utils
+
+    command = sweep_utils.create_sweep_command(list(config["command"]))
+    sweep_vars = sweep_utils.create_sweep_command_args({"args": run.config})
+    sweep_vars["interpreter"] = ["python"]
+    out: list[str] = []
+    for chunk in map(str, command):
+        if chunk.startswith("${") and chunk.endswith("}"):
+            out += sweep_vars.get(chunk[2:-1]) or []
+        else:
+            out.append(chunk)
+    return out
+
+
+def test_the_sweeps_engine_enumerates_the_hydra_grid() -> None:
+    config = sweep_config(["experiment=degradation_grid"])
+    engine = [{k: v["value"] for k, v in run.config.items()} for run in sweeps_engine_grid(config)]
+    expected = [
+        {"model.depth": d, "model.residual": r, "seed": s}
+        for d in (20, 32, 44, 56)
+        for r in (True, False)
+        for s in (0, 1, 2)
+    ]
+    jobs, fixed = hydra_grid(["experiment=degradation_grid"])
+    assert len(engine) == len(jobs) == 24
+    assert as_set(engine) == as_set(expected) == as_set(parsed(job) for job in jobs)
+    assert fixed == ["experiment=degradation_grid"]
+
+
+def test_a_command_line_sweep_replaces_the_experiments_key_and_fixed_ones_stay_fixed() -> None:
+    overrides = ["experiment=degradation_grid", "model.depth=20,32", "trainer.max_steps=100", "model.shortcut=B"]
+    config = sweep_config(overrides)
+    assert config["parameters"] == {
+        "model.depth": {"values": [20, 32]},
+        "model.residual": {"values": [True, False]},
+        "seed": {"values": [0, 1, 2]},
+    }
+    assert config["method"] == "grid" and config["name"] == "degradation_grid"
+    command = config["command"]
+    assert command[:3] == [sys.executable, "-m", "cnnlab"]  # the interpreter cnnlab is installed in
+    assert command[3:] == [
+        "experiment=degradation_grid",
+        "trainer.max_steps=100",
+        "model.shortcut=B",
+        "logger.mode=online",  # an agent's run must report to the sweep
+        "${args_no_hyphens}",
+    ]
+    assert "--multirun" not in command and command.count("-m") == 1
+
+
+def test_an_explicit_logger_choice_is_kept() -> None:
+    assert "logger.mode=online" not in sweep_config(["seed=0,1", "logger=none"])["command"]
+    assert sweep_config(["seed=0,1", "logger.mode=disabled"])["command"][-2] == "logger.mode=disabled"
+
+
+def test_values_that_are_not_numbers_keep_hydra_text() -> None:
+    overrides = ["optimizer=sgd,adam", "model.hidden=[16],[32,16]", "optimizer.lr=0.1,1e-3"]
+    config = sweep_config(overrides)
+    assert config["parameters"]["optimizer"] == {"values": ["sgd", "adam"]}
+    assert config["parameters"]["model.hidden"] == {"values": ["[16]", "[32,16]"]}
+    assert config["parameters"]["optimizer.lr"] == {"values": [0.1, 0.001]}
+    fixed = len(config["command"]) - 1
+    rendered = [agent_command(config, run)[fixed:] for run in sweeps_engine_grid(config)]
+    jobs, _ = hydra_grid(overrides)
+    assert len(rendered) == len(jobs) == 8
+    assert as_set(parsed(r) for r in rendered) == as_set(parsed(job) for job in jobs)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["trainer.max_steps=2"], "no grid"),
+        (["optimizer.lr=interval(0.01,0.1)"], "a W&B grid needs lists of values"),
+    ],
+)
+def test_main_refuses_what_is_not_a_grid(args, message, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "-o", str(tmp_path / "s.yaml")])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "s.yaml").exists()
+
+
+def test_main_refuses_the_multirun_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["-m", "seed=0,1"])
+    assert exit_info.value.code == 2
+
+
+def test_wandb_agent_command_runs_one_job_and_joins_the_agents_run(tmp_path: Path) -> None:
+    """Offline proof: the YAML's command, expanded by wandb's agent code for a run the sweeps engine proposes."""
+    out = tmp_path / "sweep.yaml"
+    overrides = ["model=resnet", "model.depth=8", "model.width=4", "model.residual=true,false", *TINY]
+    main([*overrides, "logger.mode=offline", f"paths.output_dir={tmp_path / 'outputs'}", "-o", str(out)])
+    config = yaml.safe_load(out.read_text())
+    runs = sweeps_engine_grid(config)
+    assert [run.config["model.residual"]["value"] for run in runs] == [True, False]
+    command = agent_command(config, runs[1])
+    assert command[-1] == "model.residual=False" and command[0] == sys.executable
+
+    env = {**os.environ, "WANDB_RUN_ID": "agentrun01", "WANDB_SWEEP_ID": "sweep01", "WANDB_SILENT": "true"}
+    env.pop("WANDB_MODE", None)
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [metrics_path] = (tmp_path / "outputs").glob("**/metrics.json")
+    metrics = json.loads(metrics_path.read_text())
+    assert metrics["model.residual"] is False and metrics["model.depth"] == 8 and metrics["steps"] == 2
+    assert metrics["run_name"] == "resnet8-plain-s0"
+    # wandb.init picked up the agent's run id: the run joins the agent's sweep run instead of starting its own
+    assert [p.name.rsplit("-", 1)[-1] for p in (metrics_path.parent / "wandb").glob("offline-run-*")] == ["agentrun01"]
+
+
+def test_job_status_callback_records_failures_in_a_form_a_worker_can_send_back(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    callback = JobStatusCallback()
+
+    class Unpicklable(Exception):
+        def __init__(self, a: int, b: int) -> None:
+            super().__init__(f"{a} and {b}")
+
+    errors = [RuntimeError("kernel died"), Unpicklable(1, 2), ConfigError("optimizer.lr", -1, "a positive number")]
+    returns = []
+    for num, error in enumerate(errors):
+        config = OmegaConf.create(
+            {"hydra": {"runtime": {"output_dir": str(tmp_path / str(num))}, "overrides": {"task": [f"seed={num}"]}}}
+        )
+        (tmp_path / str(num) / ".hydra").mkdir(parents=True)
+        (tmp_path / str(num) / ".hydra" / "overrides.yaml").write_text(f"- seed={num}\n")
+        callback.on_job_start(config, task_function=None)
+        assert read_status(tmp_path / str(num))["status"] == "running"
+        job_return = JobReturn(status=JobStatus.FAILED)
+        job_return.return_value = error
+        callback.on_job_end(config, job_return=job_return)
+        returns.append(job_return._return_value)
+        status = read_status(tmp_path / str(num))
+        assert status["status"] == "failed" and status["overrides"] == [f"seed={num}"]
+        assert status["error"] == f"{type(error).__name__}: {error}"
+    assert returns[0] is errors[0]  # picklable and unexpected: Hydra reports it with its traceback
+    assert isinstance(returns[1], JobFailed) and str(pickle.loads(pickle.dumps(returns[1]))) == "Unpicklable: 1 and 2"
+    assert isinstance(returns[2], JobFailed) and "optimizer.lr=-1" in str(returns[2])  # a UserError: one line
+    print_summary(tmp_path)
+    err = capsys.readouterr().err
+    assert "0 of 3 jobs completed, 3 failed" in err and "RuntimeError: kernel died" in err
+
+
+@pytest.mark.slow
+def test_a_failing_job_does_not_stop_the_others(tmp_path: Path) -> None:
+    """joblib, 2 parallel jobs, one with a bad value: the other finishes, the failure is recorded and listed."""
+    done = cli(
+        "-m",
+        "launcher=joblib",
+        "model=mlp",
+        "model.hidden=[16]",
+        "optimizer.lr=0.1,-1",
+        *[o for o in TINY if not o.startswith("trainer.threads")],
+        "logger=none",
+        f"paths.output_dir={tmp_path}",
+        cwd=tmp_path,
+    )
+    assert done.returncode != 0
+    [sweep] = (tmp_path / "multirun").glob("*/*")
+    good, bad = sweep / "0", sweep / "1"
+    assert json.loads((good / "metrics.json").read_text())["steps"] == 2
+    assert json.loads((good / "status.json").read_text())["status"] == "completed"
+    status = json.loads((bad / "status.json").read_text())
+    assert status["status"] == "failed" and "optimizer.lr=-1" in status["error"]
+    assert not (bad / "metrics.json").exists()
+    assert "1 of 2 jobs completed, 1 failed" in done.stderr
+    assert "optimizer.lr=-1" in done.stderr.split("jobs completed")[1]
+    # cores / n_jobs torch threads in each loky worker (trainer.threads=null)
+    cores = len(os.sched_getaffinity(0))
+    assert f"{max(1, cores // 2)} torch threads" in next(good.glob("*.log")).read_text()
+
+
+@pytest.mark.slow
+def test_submitit_local_runs_a_two_job_grid(tmp_path: Path) -> None:
+    done = cli(
+        "-m",
+        "launcher=submitit_local",
+        "model=mlp",
+        "model.hidden=[16]",
+        "seed=0,1",
+        *[o for o in TINY if not o.startswith("trainer.threads")],
+        "logger=none",
+        f"paths.output_dir={tmp_path}",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    [sweep] = (tmp_path / "multirun").glob("*/*")
+    seeds = sorted(json.loads((sweep / str(n) / "metrics.json").read_text())["seed"] for n in (0, 1))
+    assert seeds == [0, 1]
+    assert "2 of 2 jobs completed, 0 failed" in done.stderr
+    assert "1 torch threads" in next((sweep / "0").glob("*.log")).read_text()  # cpus_per_task: 1
