@@ -90,19 +90,19 @@ def make_canvases(
 
 
 def _positions(digits: int, size: int, height: int, width: int, g: torch.Generator) -> tuple[list[int], list[int]]:
-    """Top-left corners whose digit squares do not overlap (rejection sampling)."""
-    ys: list[int] = []
-    xs: list[int] = []
+    """Top-left corners whose digit squares do not overlap: place one digit after another, and start over
+    when a digit finds no free place (an early digit may block the rest)."""
     for _ in range(PLACEMENT_TRIES):
-        y, x = (
-            torch.randint(0, size - height + 1, (1,), generator=g).item(),
-            torch.randint(0, size - width + 1, (1,), generator=g).item(),
-        )
-        if all(abs(y - oy) >= height or abs(x - ox) >= width for oy, ox in zip(ys, xs, strict=True)):
-            ys.append(y)
-            xs.append(x)
-            if len(ys) == digits:
-                return ys, xs
+        ys: list[int] = []
+        xs: list[int] = []
+        for _ in range(100 * digits):
+            y = int(torch.randint(0, size - height + 1, (1,), generator=g))
+            x = int(torch.randint(0, size - width + 1, (1,), generator=g))
+            if all(abs(y - oy) >= height or abs(x - ox) >= width for oy, ox in zip(ys, xs, strict=True)):
+                ys.append(y)
+                xs.append(x)
+                if len(ys) == digits:
+                    return ys, xs
     raise ConfigError(
         "task.canvas.digits", digits, f"fewer digits: {digits} did not fit on a {size}px canvas", "task.canvas.digits=1"
     )

@@ -1,0 +1,91 @@
+"""task=cam and the CAM / Grad-CAM maps it draws."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cnnlab.cam import class_activation_maps, grad_cam, normalize_per_image
+from cnnlab.errors import ConfigError
+from cnnlab.models.fully_conv import FullyConvNet
+from cnnlab.models.resnet import ResNet
+from tests.conftest import run_app
+from tests.test_localize import cifar_checkpoint, mnist_checkpoint  # noqa: F401 (fixtures)
+
+
+def small_resnet() -> ResNet:
+    torch.manual_seed(0)
+    model = ResNet(depth=8, width=8, in_channels=1).eval()
+    torch.nn.init.normal_(model.fc.bias)
+    return model
+
+
+def test_cam_is_the_score_map_without_the_bias():
+    model = small_resnet()
+    x = torch.randn(3, 1, 40, 40)
+    with torch.no_grad():
+        cams = class_activation_maps(model, x)
+        maps = FullyConvNet(model)(x)
+    assert (cams + model.fc.bias.view(1, -1, 1, 1) - maps).abs().max() < 1e-4
+
+
+def test_grad_cam_at_the_last_layer_is_relu_cam_and_elsewhere_has_that_layers_size():
+    model = small_resnet()
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        cams = class_activation_maps(model, x)
+    grads = grad_cam(model, x)
+    assert grads.shape == (2, 10, 8, 8)
+    assert (grads - torch.relu(cams) / 64).abs().max() < 1e-6
+    assert grad_cam(model, x, layer=3).shape == (2, 10, 32, 32)  # the first block, before any stride
+
+
+def test_per_image_normalization_spans_zero_to_one():
+    maps = torch.randn(2, 3, 5, 5) * 7 + 3
+    out = normalize_per_image(maps)
+    assert torch.allclose(out.flatten(2).amin(-1), torch.zeros(2, 3))
+    assert torch.allclose(out.flatten(2).amax(-1), torch.ones(2, 3))
+
+
+@pytest.mark.parametrize("method", ["cam", "grad-cam"])
+def test_cam_end_to_end_on_canvases(tmp_path, mnist_checkpoint, method):  # noqa: F811
+    result = run_app(
+        tmp_path,
+        "task=cam",
+        f"checkpoint={mnist_checkpoint}",
+        f"task.method={method}",
+        "task.canvas.count=8",
+        "task.canvas.size=64",
+        "task.figure_count=4",
+        "task.threshold=0.2",
+    )
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert result == metrics["loc_acc"]
+    assert metrics["canvases"] == 8 and metrics["method"] == method and metrics["threshold"] == 0.2
+    for key in ("cls_acc", "loc_acc", "mean_iou", "pointing_acc"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert (tmp_path / "figures" / "cam.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cam_overlays_on_cifar_test_images(tmp_path, cifar_checkpoint):  # noqa: F811
+    overrides = ["task=cam", f"checkpoint={cifar_checkpoint}", "task.figure_count=6"]
+    with pytest.raises(ConfigError, match="task.monitor"):  # no boxes on test images: only cls_acc
+        run_app(tmp_path / "a", *overrides, "task.source=test")
+    with pytest.raises(ConfigError, match="MNIST-family"):
+        run_app(tmp_path / "b", *overrides)
+    result = run_app(tmp_path / "c", *overrides, "task.source=test", "task.monitor=cls_acc")
+    metrics = json.loads((tmp_path / "c" / "metrics.json").read_text())
+    assert metrics["images"] == 50 and metrics["dataset"] == "cifar10" and result == metrics["cls_acc"]
+    assert (tmp_path / "c" / "figures" / "cam.png").is_file()
+
+
+def test_cam_checks_its_options_before_work(tmp_path, mnist_checkpoint):  # noqa: F811
+    base = ["task=cam", f"checkpoint={mnist_checkpoint}"]
+    with pytest.raises(ConfigError, match="task.method"):
+        run_app(tmp_path / "a", *base, "task.method=score-cam")
+    with pytest.raises(ConfigError, match="task.class_index"):
+        run_app(tmp_path / "b", *base, "task.class_index=12")
+    with pytest.raises(ConfigError, match="task.layer"):
+        run_app(tmp_path / "c", *base, "task.method=grad-cam", "task.layer=40")

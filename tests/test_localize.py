@@ -1,0 +1,240 @@
+"""task=localize and its parts: the fully convolutional conversion, canvases, box extraction, metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torchvision.ops import box_iou
+
+from cnnlab.cam import upsample_aligned
+from cnnlab.data.canvas import canvases_for, make_canvases
+from cnnlab.errors import ConfigError
+from cnnlab.localization import Detections, Scores, connected_components, detect, pool_scores, regions
+from cnnlab.models.fully_conv import FullyConvNet
+from cnnlab.models.resnet import ResNet
+from tests.conftest import run_app, write_cifar10
+
+TINY = ["model=resnet", "model.depth=8", "model.width=4", "trainer.max_steps=2", "trainer.figures=false"]
+
+
+def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, name: str, *overrides: str) -> Path:
+    """A tiny ResNet trained a few steps, once per test session (shared by test_localize and test_cam)."""
+    run_dir = tmp_path_factory.getbasetemp() / f"tiny-{name}"
+    path = run_dir / "checkpoints" / "best.pt"
+    if not path.is_file():
+        run_app(run_dir, *TINY, *overrides)
+    return path
+
+
+@pytest.fixture
+def mnist_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return trained_checkpoint(tmp_path_factory, "mnist")
+
+
+@pytest.fixture
+def cifar_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = write_cifar10(tmp_path_factory.getbasetemp() / "cifar")
+    return trained_checkpoint(
+        tmp_path_factory, "cifar", "dataset=cifar10", f"dataset.root={root}", "dataset.val_size=50"
+    )
+
+
+# ---------------------------------------------------------------- fully convolutional conversion
+
+
+@pytest.mark.parametrize(("channels", "size"), [(1, 28), (3, 32)])
+def test_spatial_mean_of_score_maps_equals_logits(channels, size):
+    torch.manual_seed(0)
+    model = ResNet(depth=8, width=8, in_channels=channels).eval()
+    for m in model.modules():  # non-trivial BN statistics, as after training
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    torch.nn.init.normal_(model.fc.bias)
+    x = torch.randn(4, channels, size, size)
+    with torch.no_grad():
+        maps = FullyConvNet(model)(x)
+        logits = model(x)
+    assert maps.shape == (4, 10, size // 4, size // 4)
+    assert (maps.mean(dim=(2, 3)) - logits).abs().max() <= 1e-4
+
+
+def test_cell_centres_are_where_receptive_fields_are_centred():
+    model = ResNet(depth=8, width=4, in_channels=1).eval()
+    with torch.no_grad():  # positive weights and inputs keep every ReLU open: the gradient covers the whole field
+        for p in model.parameters():
+            p.abs_()
+    net = FullyConvNet(model)
+    x = torch.rand(1, 1, 64, 64, requires_grad=True)
+    net.features(x)[0, :, 5, 9].sum().backward()
+    rows = x.grad[0, 0].abs().sum(1).nonzero().flatten()
+    cols = x.grad[0, 0].abs().sum(0).nonzero().flatten()
+    centres = net.cell_centers(16)
+    # pixel i spans [i, i + 1): a field over pixels a..b is centred at (a + b + 1) / 2
+    assert (rows.min() + rows.max() + 1) / 2 == centres[5]
+    assert (cols.min() + cols.max() + 1) / 2 == centres[9]
+
+
+def test_upsampling_puts_each_cell_on_its_centre_pixel():
+    maps = torch.zeros(1, 1, 8, 8)
+    maps[0, 0, 2, 5] = 1.0
+    up = upsample_aligned(maps, 4, (32, 32))
+    assert up.shape == (1, 1, 32, 32)
+    assert divmod(int(up.argmax()), 32) == (8, 20)  # pixel (4*2, 4*5): centre 8.5, 20.5 = cell_centers
+    assert up[0, 0, 8, 20] == 1.0
+
+
+# ---------------------------------------------------------------- canvases
+
+
+def ink_bank() -> tuple[torch.Tensor, torch.Tensor]:
+    """Ten 28x28 'digits': class c is a block of value 20(c+1) at rows 5..20, cols 8..15."""
+    images = torch.zeros(10, 1, 28, 28, dtype=torch.uint8)
+    for c in range(10):
+        images[c, 0, 5:21, 8:16] = 20 * (c + 1)
+    return images, torch.arange(10)
+
+
+def test_canvas_boxes_are_the_tight_boxes_of_the_pasted_ink():
+    images, labels = ink_bank()
+    canvases = make_canvases(images, labels, count=6, size=96, digits=3, seed=1)
+    assert canvases.images.shape == (6, 1, 96, 96)
+    for image, boxes, classes in zip(canvases.images, canvases.boxes, canvases.labels, strict=True):
+        assert boxes.shape == (3, 4) and classes.shape == (3,)
+        assert (box_iou(boxes, boxes) - torch.eye(3)).abs().max() == 0  # no overlaps
+        for box, c in zip(boxes.long().tolist(), classes.tolist(), strict=True):
+            x1, y1, x2, y2 = box
+            assert (x2 - x1, y2 - y1) == (8, 16)
+            assert (image[0, y1:y2, x1:x2] == 20 * (c + 1)).all()
+        inside = torch.zeros(96, 96, dtype=torch.bool)
+        for x1, y1, x2, y2 in boxes.long().tolist():
+            inside[y1:y2, x1:x2] = True
+        assert (image[0][~inside] == 0).all()  # no ink outside the boxes without clutter
+
+
+def test_same_seed_same_canvases_and_clutter_adds_ink():
+    images, labels = ink_bank()
+    a = make_canvases(images, labels, count=4, size=64, digits=1, clutter=3, fragment=6, seed=5)
+    b = make_canvases(images, labels, count=4, size=64, digits=1, clutter=3, fragment=6, seed=5)
+    c = make_canvases(images, labels, count=4, size=64, digits=1, clutter=3, fragment=6, seed=6)
+    clean = make_canvases(images, labels, count=4, size=64, digits=1, seed=5)
+    assert torch.equal(a.images, b.images) and all(torch.equal(x, y) for x, y in zip(a.boxes, b.boxes, strict=True))
+    assert not torch.equal(a.images, c.images)
+    assert (a.images > 0).sum() > (clean.images > 0).sum()
+
+
+def test_canvas_errors_name_the_key():
+    images, labels = ink_bank()
+    with pytest.raises(ConfigError, match="task.canvas.digits"):
+        make_canvases(images, labels, count=1, size=32, digits=3)
+    with pytest.raises(ConfigError, match="task.canvas.size"):
+        make_canvases(images, labels, count=1, size=20)
+    cifar = OmegaConf.create({"name": "cifar10", "shape": [3, 32, 32]})
+    with pytest.raises(ConfigError, match="MNIST-family"):
+        canvases_for(OmegaConf.create({}), cifar)
+
+
+# ---------------------------------------------------------------- boxes from maps, pooling, metrics
+
+
+def test_connected_components_follow_winding_shapes_and_diagonals():
+    mask = torch.zeros(7, 7, dtype=torch.bool)
+    mask[0, :] = mask[:, 6] = mask[6, :] = True  # a U: numbers must travel around two corners
+    mask[2, 2] = mask[3, 3] = True  # touching at a corner: one component (8-connected)
+    labels = connected_components(mask)
+    assert labels.max() == 2
+    assert labels[0, 0] == labels[6, 0] != labels[2, 2] == labels[3, 3]
+    assert (labels[~mask] == 0).all()
+    assert connected_components(torch.ones(3, 3, dtype=torch.bool)).unique().tolist() == [1]
+
+
+def test_regions_map_cells_to_pixels_with_stride_and_centre():
+    heat = torch.zeros(32, 32)
+    heat[2:5, 3:7] = 1.0  # rows 2..4, cols 3..6
+    heat[20:23, 20:22] = 0.8
+    heat[10, 10] = 0.3  # below half the maximum
+    found = regions(heat, 0.5, stride=4, first_center=0.5)
+    assert found.peaks.tolist() == pytest.approx([1.0, 0.8])
+    # cell j covers [4j + 0.5 - 2, 4j + 0.5 + 2)
+    assert found.boxes.tolist() == [[10.5, 6.5, 26.5, 18.5], [78.5, 78.5, 86.5, 90.5]]
+    assert regions(heat, 0.2, stride=4).boxes.shape == (3, 4)
+    by_area = regions(heat, 0.5, stride=1, first_center=0.5, rank="area")
+    assert by_area.areas.tolist() == [12, 6]
+    assert by_area.boxes[0].tolist() == [3.0, 2.0, 7.0, 5.0]  # per-pixel maps: tight pixel boxes
+
+
+def test_window_pooling_ignores_a_background_that_mean_pooling_follows():
+    maps = torch.zeros(1, 3, 32, 32)
+    maps[0, 0] = 0.5  # class 0 weakly everywhere (what black background does)
+    maps[0, 2, 10:17, 4:11] = 4.0  # class 2 strongly on one digit-sized patch
+    assert pool_scores(maps, "mean").argmax() == 0
+    assert pool_scores(maps, "window", window=7).argmax() == 2
+    assert pool_scores(maps, "topk", topk=16).argmax() == 2
+    assert pool_scores(maps, "max").argmax() == 2
+    with pytest.raises(ConfigError, match="task.pooling"):
+        pool_scores(maps, "median")
+
+
+def test_detect_gives_one_box_per_component_of_the_best_classes():
+    heat = torch.zeros(4, 16, 16)
+    heat[1, 2:4, 2:4] = 3.0
+    heat[1, 10:12, 10:12] = 2.5  # a second digit of class 1
+    heat[3, 6:8, 0:2] = 2.0
+    heat[2, 0, 15] = 0.1
+    scores = torch.tensor([0.0, 3.0, 0.1, 2.0])
+    two = detect(heat, scores, digits=2, threshold=0.5, stride=1)
+    assert two.labels.tolist() == [1, 1]
+    three = detect(heat, scores, digits=3, threshold=0.5, stride=1)
+    assert sorted(three.labels.tolist()) == [1, 1, 3]
+    assert three.boxes.tolist()[:2] == [[2.0, 2.0, 4.0, 4.0], [10.0, 10.0, 12.0, 12.0]]
+
+
+def test_scores_match_torchvision_iou_and_the_pointing_game():
+    truth = torch.tensor([[10.0, 10.0, 30.0, 40.0], [60.0, 60.0, 80.0, 90.0]])
+    labels = torch.tensor([3, 7])
+    shifted = truth + torch.tensor([[5.0, 0.0, 5.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    scores = Scores()
+    pred = Detections(shifted, torch.tensor([3, 2]), torch.ones(2))  # second box has the wrong class
+    scores.add(pred, truth, labels, {3: (20.0, 20.0), 7: (5.0, 5.0)})
+    summary = scores.summary()
+    expected_iou = float(box_iou(truth[:1], shifted[:1]))
+    assert summary["mean_iou"] == pytest.approx(expected_iou / 2)
+    assert summary["loc_acc"] == 0.5 and summary["cls_acc"] == 0.5
+    assert summary["center_err_px"] == pytest.approx(5.0)
+    assert summary["pointing_acc"] == 0.5
+    assert summary["box_precision"] == 0.5
+    assert summary["digits"] == 2 and summary["canvases"] == 1
+
+
+# ---------------------------------------------------------------- the task, end to end
+
+
+def test_localize_end_to_end_on_a_tiny_model(tmp_path, mnist_checkpoint):
+    overrides = [
+        "task=localize",
+        f"checkpoint={mnist_checkpoint}",
+        "task.canvas.count=12",
+        "task.canvas.size=64",
+        "task.canvas.digits=2",
+        "task.canvas.clutter=2",
+        "task.figure_count=4",
+    ]
+    result = run_app(tmp_path, *overrides)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert result == metrics["loc_acc"]
+    assert metrics["canvases"] == 12 and metrics["digits"] == 24 and metrics["dataset"] == "mnist_sample"
+    for key in ("cls_acc", "loc_acc", "mean_iou", "pointing_acc", "box_precision"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert (tmp_path / "figures" / "localize.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_localize_refuses_bad_options_and_non_mnist_models(tmp_path, mnist_checkpoint, cifar_checkpoint):
+    with pytest.raises(ConfigError, match="task.threshold"):
+        run_app(tmp_path / "a", "task=localize", f"checkpoint={mnist_checkpoint}", "task.threshold=1.5")
+    with pytest.raises(ConfigError, match="MNIST-family"):
+        run_app(tmp_path / "b", "task=localize", f"checkpoint={cifar_checkpoint}")
+    assert not (tmp_path / "a" / "metrics.json").exists()
