@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 import logging
 import time
+from typing import Any
 
 from hydra.utils import instantiate
+from omegaconf import DictConfig
 
 from cnnlab import figures
 from cnnlab.data.build import build_loaders
 from cnnlab.results import confusion, print_table, write_json
 from cnnlab.run import Context, config_dict, run_name
 from cnnlab.training import checkpoint
-from cnnlab.training.trainer import Trainer, TrainerConfig
+from cnnlab.training.trainer import DivergenceError, Trainer, TrainerConfig
 
 log = logging.getLogger("cnnlab")
 SUMMARY_KEYS = [
@@ -54,7 +56,25 @@ def run(ctx: Context) -> float:
     ctx.logger.summary({"params": params})
 
     optimizer = instantiate(cfg.optimizer)(model.parameters())
-    fit = trainer.fit(model, optimizer, instantiate(cfg.scheduler), loaders.train, loaders.val, cfg.task.monitor)
+    if ctx.resume is not None:
+        checkpoint.check_fits(model, ctx.resume["model"], run_dir / "checkpoints" / "last.pt")
+    schedule = instantiate(cfg.scheduler)
+    try:
+        fit = trainer.fit(model, optimizer, schedule, loaders.train, loaders.val, cfg.task.monitor, ctx.resume)
+    except DivergenceError as e:  # a result too: record it, so a sweep shows which settings diverged
+        diverged = {
+            "status": "diverged",
+            "error": str(e),
+            "steps": e.progress["step"],
+            "best_step": e.progress["best_step"],
+            f"best_{cfg.task.monitor}": e.progress["best"],
+            "params": params,
+            "optimizer.lr": cfg.optimizer.lr,
+            **describe(cfg),
+        }
+        write_json(run_dir / "metrics.json", diverged)
+        ctx.logger.summary(diverged)
+        raise
     val = trainer.evaluate(model, loaders.val)
     test = trainer.evaluate(model, loaders.test, predictions=True)
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
@@ -71,11 +91,7 @@ def run(ctx: Context) -> float:
         "seconds": time.perf_counter() - tic,
         "train_seconds": fit["train_seconds"],
         "train_img_per_s": fit["train_img_per_s"],
-        "run_name": run_name(cfg),
-        "dataset": cfg.dataset.name,
-        **{f"model.{k}": v for k, v in config_dict(cfg)["model"].items() if k not in ("_target_", "in_shape")},
-        "model": str(cfg.model._target_).rsplit(".", 1)[-1].lower(),
-        "seed": cfg.seed,
+        **describe(cfg),
     }
     write_json(run_dir / "metrics.json", metrics)
     if cfg.trainer.checkpoint:  # best.pt carries the final metrics, so evaluate can compare
@@ -96,3 +112,14 @@ def run(ctx: Context) -> float:
         ctx.logger.checkpoint(run_dir / "checkpoints" / "last.pt", ["latest"])
     print_table(f"{run_name(cfg)} on {cfg.dataset.name}  ({run_dir})", metrics, SUMMARY_KEYS)
     return float(metrics[cfg.task.monitor] if cfg.task.monitor in metrics else fit[f"best_{cfg.task.monitor}"])
+
+
+def describe(cfg: DictConfig) -> dict[str, Any]:
+    """The keys that tell runs of a sweep apart, flat as in metrics.json."""
+    return {
+        "run_name": run_name(cfg),
+        "dataset": cfg.dataset.name,
+        **{f"model.{k}": v for k, v in config_dict(cfg)["model"].items() if k not in ("_target_", "in_shape")},
+        "model": str(cfg.model._target_).rsplit(".", 1)[-1].lower(),
+        "seed": cfg.seed,
+    }

@@ -25,13 +25,32 @@ from cnnlab.errors import ConfigError, UserError
 from cnnlab.progress import Progress
 from cnnlab.tracking import NullLogger
 from cnnlab.training import checkpoint
+from cnnlab.training.stop import Interrupted, stop
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("32", "bf16", "16")
 
 
 class DivergenceError(UserError):
-    """The training loss became NaN or inf."""
+    """The training loss became NaN or inf; `progress` is the trainer's state when it was noticed."""
+
+    def __init__(self, message: str, progress: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.progress = progress
+
+
+def truncate_history(path: Path, step: int) -> None:
+    """Keep the evaluations up to `step`: a resumed run redoes the later ones (and drops a line cut by a kill)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    path.write_text("".join(kept))
 
 
 @dataclass
@@ -163,22 +182,26 @@ class Trainer:
             "best_step": None,
             "train_seconds": 0.0,
             "images": 0,
+            "last_eval": -1,  # step of the latest evaluation
         }
         best_state = None
+        history_path = self.run_dir / "history.jsonl"
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
         if resume is not None:
             model.load_state_dict(resume["model"])
             optimizer.load_state_dict(resume["optimizer"])
             scheduler.load_state_dict(resume["scheduler"])
             scaler.load_state_dict(resume["scaler"])
-            s.update(resume["progress"])
+            s.update({"last_eval": resume["progress"]["step"], **resume["progress"]})
             checkpoint.set_rng_states(resume["rng"])
             best_state = resume.get("best_model")
-
-        history_path = self.run_dir / "history.jsonl"
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen = 0
-        last_eval = s["step"] if resume is not None else -1
+            if "window" in resume:  # the train loss/accuracy summed since the last evaluation
+                loss_sum = resume["window"]["loss_sum"].to(self.device)
+                correct = resume["window"]["correct"].to(self.device)
+                seen = int(resume["window"]["seen"])
+            truncate_history(history_path, s["step"])
 
         def save(name: str) -> None:
             if not cfg.checkpoint:
@@ -191,6 +214,7 @@ class Trainer:
                     "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict(),
                     "progress": dict(s),
+                    "window": {"loss_sum": loss_sum.clone(), "correct": correct.clone(), "seen": seen},
                     "rng": checkpoint.rng_states(),
                     "best_model": best_state if name == "last" else None,
                     "wandb_id": self.logger.run_id,
@@ -198,17 +222,25 @@ class Trainer:
                 self.run_dir / "checkpoints" / f"{name}.pt",
             )
 
-        def check_finite(first_step: int) -> None:
-            if not torch.isfinite(loss_sum):
-                raise DivergenceError(
-                    f"the training loss became NaN or inf between steps {first_step} and {s['step']} "
-                    f"(lr {scheduler.get_last_lr()[0]:.3g}). Lower the learning rate, e.g. "
-                    f"optimizer.lr={optimizer.defaults['lr'] / 10:g}. The best checkpoint so far is kept."
-                )
+        def check_finite(first_step: int, ok: bool | None = None) -> None:
+            if ok if ok is not None else bool(torch.isfinite(loss_sum)):
+                return
+            steps = f"at step {s['step']}" if first_step >= s["step"] else f"between steps {first_step} and {s['step']}"
+            kept = " The best checkpoint so far is kept." if s["best_step"] is not None and cfg.checkpoint else ""
+            raise DivergenceError(
+                f"the training loss became NaN or inf {steps} (lr {scheduler.get_last_lr()[0]:.3g}). Lower the "
+                f"learning rate, e.g. optimizer.lr={optimizer.defaults['lr'] / 10:g}.{kept}",
+                dict(s),
+            )
+
+        def interrupt() -> None:
+            save("last")
+            last = self.run_dir / "checkpoints" / "last.pt"
+            raise Interrupted(str(stop.signal_name), s["step"], str(last) if cfg.checkpoint else None)
 
         def evaluate_and_record() -> None:
-            nonlocal loss_sum, correct, seen, best_state, last_eval
-            check_finite(last_eval + 1)
+            nonlocal loss_sum, correct, seen, best_state
+            check_finite(s["last_eval"] + 1)
             result = self.evaluate(model, val)
             row = {
                 "step": s["step"],
@@ -222,7 +254,7 @@ class Trainer:
             loss_sum.zero_()
             correct.zero_()
             seen = 0
-            last_eval = s["step"]
+            s["last_eval"] = s["step"]
             with history_path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             self.logger.log({f"eval/{k}": v for k, v in row.items() if k != "step"}, step=s["step"])
@@ -239,7 +271,7 @@ class Trainer:
 
         model.train()
         self.logger.watch(model)
-        with Progress(total=total, start=s["step"], log_every=cfg.log_every) as progress:
+        with Progress(total=total, start=s["step"], log_every=cfg.log_every) as progress, stop.stepping():
             while s["step"] < total:
                 tic = time.perf_counter()
                 window_loss, window_start = torch.zeros((), device=self.device), s["step"]
@@ -262,6 +294,7 @@ class Trainer:
                     s["images"] += n
                     if progress.due(s["step"]) or s["step"] >= total:
                         mean_loss = window_loss.item() / (s["step"] - window_start)  # one sync per log point
+                        check_finite(window_start + 1, math.isfinite(mean_loss))
                         progress.update(
                             s["step"],
                             s["epoch"],
@@ -278,9 +311,11 @@ class Trainer:
                         if eval_now:
                             evaluate_and_record()
                         else:
-                            check_finite(last_eval + 1)
+                            check_finite(s["last_eval"] + 1)
                             save("last")
                         tic = time.perf_counter()
+                    if stop.signal_name:  # SIGTERM/Ctrl-C: stop here, between steps, with a checkpoint
+                        interrupt()
                     if s["step"] >= total:
                         break
                 s["train_seconds"] += self._elapsed(tic)
@@ -289,8 +324,13 @@ class Trainer:
                     s["batch"] = 0
                     if cfg.eval_every is None:
                         evaluate_and_record()
-            if last_eval != s["step"]:
+                    else:
+                        check_finite(s["last_eval"] + 1)
+                        save("last")  # every epoch end is a checkpoint
+            if s["last_eval"] != s["step"]:
                 evaluate_and_record()
+            if stop.signal_name:
+                interrupt()
         if best_state is not None:
             model.load_state_dict(best_state)
         return {
