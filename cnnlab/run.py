@@ -54,7 +54,9 @@ def run(cfg: DictConfig) -> float:
     logger: NullLogger = build(cfg.logger)
     task = tasks.get(cfg.task.name)
     resume_id = state.get("wandb_id") if state else None
-    logger.start(config_dict(cfg), run_dir, run_name(cfg), group=sweep_group(), resume_id=resume_id)
+    logger.start(
+        config_dict(cfg), run_dir, run_name(cfg), group=sweep_group(), resume_id=resume_id, tags=override_tags()
+    )
     exit_code = 1
     try:
         with stop.handling():
@@ -160,6 +162,12 @@ def run_name(cfg: DictConfig) -> str:
         kind = "res" if m.residual else "plain"
         return f"resnet{m.depth}-{kind}-s{cfg.seed}"
     return f"{str(m._target_).rsplit('.', 1)[-1].lower()}-s{cfg.seed}"
+
+
+def override_tags() -> list[str]:
+    """W&B tags from the command line's overrides (e.g. model.depth=56), to filter the runs of a sweep."""
+    overrides = HydraConfig.get().overrides.task
+    return [o for o in overrides if len(o) <= 64 and not o.lstrip("+~").startswith(("hydra", "paths."))]
 
 
 def sweep_group() -> str | None:

@@ -25,6 +25,7 @@ class NullLogger:
         name: str,
         group: str | None = None,
         resume_id: str | None = None,
+        tags: list[str] | None = None,
     ) -> None:
         pass
 
@@ -80,6 +81,7 @@ class WandbLogger(NullLogger):
         name: str,
         group: str | None = None,
         resume_id: str | None = None,
+        tags: list[str] | None = None,
     ) -> None:
         import wandb
 
@@ -88,7 +90,7 @@ class WandbLogger(NullLogger):
             project=self.project,
             entity=self.entity,
             group=self.group or group,
-            tags=self.tags,
+            tags=[*self.tags, *(tags or [])],
             name=self.name or name,
             config=config,
             dir=str(run_dir),

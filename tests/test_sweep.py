@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from cnnlab.callbacks import JobFailed, JobStatusCallback, print_summary, read_status
 from cnnlab.errors import ConfigError
 from cnnlab.sweep import hydra_grid, main, sweep_config
-from tests.conftest import cli
+from tests.conftest import cli, make_config
 
 TINY = ["trainer.max_steps=2", "trainer.threads=1", "trainer.figures=false", "trainer.checkpoint=false"]
 
@@ -194,6 +194,25 @@ def test_job_status_callback_records_failures_in_a_form_a_worker_can_send_back(
     print_summary(tmp_path)
     err = capsys.readouterr().err
     assert "0 of 3 jobs completed, 3 failed" in err and "RuntimeError: kernel died" in err
+
+
+def test_jobs_of_a_multirun_share_a_wandb_group_and_get_readable_names_and_tags(tmp_path: Path) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict, read_write
+
+    from cnnlab.run import override_tags, run_name, sweep_group
+
+    overrides = ["model=resnet", "model.depth=56", "model.residual=false", "seed=1", f"paths.output_dir={tmp_path}"]
+    cfg = make_config(tmp_path / "3", overrides)
+    assert run_name(cfg) == "resnet56-plain-s1"
+    assert override_tags() == ["model=resnet", "model.depth=56", "model.residual=false", "seed=1"]
+    assert sweep_group() is None  # a single run has no group
+    hydra_cfg = HydraConfig.get()
+    with read_write(hydra_cfg), open_dict(hydra_cfg):
+        hydra_cfg.mode = RunMode.MULTIRUN
+        hydra_cfg.sweep.dir = str(tmp_path / "multirun" / "2026-01-01" / "12-00-00-000001")
+    assert sweep_group() == "2026-01-01/12-00-00-000001"
 
 
 @pytest.mark.slow
