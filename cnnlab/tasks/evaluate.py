@@ -29,7 +29,7 @@ def run(ctx: Context) -> float:
     trainer_cfg = TrainerConfig.from_config(saved.trainer)  # same precision and layout as in training
     trainer = Trainer(trainer_cfg, ctx.device, ctx.run_dir, ctx.logger)
     model = trainer.prepare(model)
-    loader = getattr(build_loaders(dataset, saved.trainer, saved.seed, ctx.device), cfg.task.split)
+    loader = getattr(build_loaders(dataset, trainer.cfg, saved.seed, ctx.device), cfg.task.split)
     result = trainer.evaluate(model, loader, predictions=True)
     matrix = confusion(loader.y.cpu(), result["preds"], int(dataset.num_classes))
     scores = per_class(matrix)
