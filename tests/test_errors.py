@@ -135,3 +135,17 @@ def test_diverging_job_fails_and_the_sweep_goes_on(tmp_path: Path):
     assert result.returncode != 0
     ok, diverged = (json.loads((tmp_path / job / "metrics.json").read_text()) for job in ("0", "1"))
     assert "test_acc" in ok and diverged["status"] == "diverged"
+
+
+def test_a_stalled_download_fails_instead_of_hanging(tmp_path, monkeypatch):
+    import socket
+
+    from cnnlab.data import sources
+
+    server = socket.socket()  # accepts connections (the kernel's backlog) and never answers: a dropped network
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    monkeypatch.setattr(datasets.MNIST, "mirrors", [f"http://127.0.0.1:{server.getsockname()[1]}/"])
+    monkeypatch.setattr(sources, "DOWNLOAD_TIMEOUT_S", 0.5)
+    with server, pytest.raises(DataError, match="could not download .*timed out"):
+        sources.load("mnist", tmp_path, download=True)

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +31,7 @@ TORCHVISION_DIRS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 MNIST_SAMPLE = Path(__file__).resolve().parents[1] / "assets" / "mnist_sample.npz"
 CIFAR_DIR = "cifar-10-batches-py"
 CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+DOWNLOAD_TIMEOUT_S = 20  # seconds without an answer before a download gives up
 
 
 @dataclass
@@ -74,6 +78,17 @@ def _splits(arrays: dict[str, np.ndarray]) -> Splits:
     return s
 
 
+@contextmanager
+def network_timeout() -> Iterator[None]:
+    """urllib waits forever on a network that drops packets: make a stalled download fail (and say so) instead."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
 # ---------------------------------------------------------------- IDX (MNIST, Fashion-MNIST)
 
 
@@ -109,7 +124,8 @@ def _find_idx(root: Path, name: str) -> dict[str, Path] | None:
 def load_idx_dataset(name: str, root: Path, download: bool) -> Splits:
     files = _find_idx(root, name)
     if files is None and download:
-        _download_idx(name, root)
+        with network_timeout():
+            _download_idx(name, root)
         files = _find_idx(root, name)
     if files is None:
         expected = ", ".join(f"{stem}[.gz]" for stem in IDX_FILES.values())
@@ -184,7 +200,8 @@ def load_cifar10(root: Path, download: bool) -> Splits:
         from torchvision.datasets.utils import download_and_extract_archive
 
         try:
-            download_and_extract_archive(CIFAR10.url, root, filename=CIFAR10.filename, md5=CIFAR10.tgz_md5)
+            with network_timeout():
+                download_and_extract_archive(CIFAR10.url, root, filename=CIFAR10.filename, md5=CIFAR10.tgz_md5)
         except Exception as e:
             raise DataError(f"could not download CIFAR-10 ({e}). {_cifar_hint(folder)}") from e
         missing = [f for f in CIFAR_FILES if not (folder / f).is_file()]
