@@ -47,12 +47,16 @@ def print_table(title: str, metrics: dict[str, Any], keys: list[str] | None = No
     table.add_column("value", justify="right")
     for key in keys or list(metrics):
         if key in metrics:
-            value = metrics[key]
-            table.add_row(
-                key,
-                f"{value:.4f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value),
-            )
+            table.add_row(key, _format(metrics[key]))
     Console(stderr=True).print(table)
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.4f}"
 
 
 def class_table(matrix: torch.Tensor, scores: dict[str, float]) -> None:
