@@ -206,8 +206,8 @@ def training_curves(rows: Sequence[Row], path: Path) -> Path | None:
             steps, train, val = _mean_curve(row.runs)
             color = f"C{i}"
             depth = f"{row.key[0]}-layer" if row.key[0] is not None else "run"
-            ax.plot(steps, train, linestyle="--", color=color, linewidth=1)
-            ax.plot(steps, val, linestyle="-", color=color, linewidth=2, label=depth)
+            ax.plot(steps, train, linestyle="--", marker=".", color=color, linewidth=1)
+            ax.plot(steps, val, linestyle="-", marker="o", markersize=3, color=color, linewidth=2, label=depth)
         ax.set(xlabel="iteration", ylabel="error (%)", title=f"{name}: dashed train, solid val")
         ax.grid(alpha=0.3)
         ax.legend()
