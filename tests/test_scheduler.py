@@ -16,8 +16,8 @@ def test_warmup_linear_and_constant():
     assert lin(0) == pytest.approx(0.1) and lin(5) == pytest.approx(0.55) and lin(10) == 1
     const = scheduler.multistep(
         steps_per_epoch=1,
-        total_steps=100,
-        milestones=[50],
+        total_steps=2000,
+        milestones=[1000],
         warmup_steps=400,
         warmup_factor=0.1,
         warmup_mode="constant",
