@@ -321,12 +321,12 @@ def bench_startup(rounds: int) -> None:
                 ],
                 cwd=ROOT,
                 env=env,
-                stderr=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
                 text=True,
             )
             took = None
-            for line in proc.stderr:
+            for line in proc.stdout:
                 if took is None and "step 1/1" in line:
                     took = time.perf_counter() - tic
             proc.wait()
