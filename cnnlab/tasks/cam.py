@@ -19,7 +19,7 @@ from cnnlab.errors import ConfigError
 from cnnlab.localization import Detections, Scores, detect, peak_point, pool_scores
 from cnnlab.results import print_table, write_json
 from cnnlab.run import Context
-from cnnlab.tasks.localize import METRIC_KEYS, batches, check_task, normalized, settings, trained_dataset
+from cnnlab.tasks.localize import METRIC_KEYS, batches, check_task, settings, trained_dataset
 from cnnlab.training.checkpoint import restore_model
 
 log = logging.getLogger("cnnlab")
@@ -57,37 +57,39 @@ def run(ctx: Context) -> float:
 
         data = sources.load(dataset.name, dataset.root, bool(dataset.download))
         images, labels = data.test_x, [t.view(1) for t in data.test_y]
-    with torch.no_grad():
-        blank = class_activation_maps(model, normalized(torch.zeros_like(images[:1]), dataset, ctx.device))
     scores, found, overlays, captions, start, correct = Scores(float(task.iou)), [], [], [], 0, 0
     shown = min(int(task.figure_count), len(images))
     size = tuple(images.shape[2:])
     for x in batches(images, dataset, ctx.device, int(task.batch_size)):
         with torch.no_grad():
             cams = class_activation_maps(model, x)
-            logits = model(x)
-        # the predicted class: on canvases a pooling of the maps above an empty canvas, else the model's logits
-        canvas_scores = pool_scores(cams - blank, task.pooling, task.window, task.topk) if on_canvas else logits
-        if task.class_index is not None:
-            canvas_scores = torch.nn.functional.one_hot(torch.full((len(x),), task.class_index), classes).float()
+        bias = model.fc.bias.detach().view(1, -1, 1, 1)
+        # the predicted class: on canvases a pooling of the score maps (CAM + bias), else the model's logits
+        scores_maps = cams + bias
+        predicted = (
+            pool_scores(scores_maps, task.pooling, task.window, task.topk) if on_canvas else scores_maps.mean((2, 3))
+        )
+        explained = predicted
+        if task.class_index is not None:  # boxes and overlays of this class on every image
+            explained = torch.nn.functional.one_hot(torch.full((len(x),), task.class_index), classes).float()
         maps = grad_cam(model, x, int(task.layer)) if task.method == "grad-cam" else cams
         stride = size[0] // maps.shape[2]
         heat = normalize_per_image(upsample_aligned(maps, stride, size)).float().cpu()
-        canvas_scores = canvas_scores.float().cpu()
+        predicted, explained = predicted.float().cpu(), explained.float().cpu()
         for i in range(len(x)):
             n = start + i
             if on_canvas:
-                pred = detect(heat[i], canvas_scores[i], int(task.canvas.digits), float(task.threshold), rank="area")
+                pred = detect(heat[i], explained[i], int(task.canvas.digits), float(task.threshold), rank="area")
                 peaks = {c: peak_point(heat[i, c]) for c in labels[n].unique().tolist()}
                 scores.add(pred, canvases.boxes[n], labels[n], peaks)
             else:
-                top = int(canvas_scores[i].argmax())
+                top = int(predicted[i].argmax())
                 pred = Detections(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), torch.zeros(0))
                 correct += int(top == labels[n])
                 captions.append(f"pred {top} / true {int(labels[n])}")
             if n < shown:
                 found.append(pred)
-                overlays.append(heat[i, int(canvas_scores[i].argmax())])
+                overlays.append(heat[i, int(explained[i].argmax())])
         start += len(x)
     if on_canvas:
         metrics = {**scores.summary(), **settings(cfg, dataset, stride)}
