@@ -62,19 +62,25 @@ class Row:
 
 
 def load_runs(root: Path) -> list[Run]:
+    """The training runs under root (task=classify; other tasks' runs are left out)."""
     runs = []
     for job, status in sweep_statuses(root).items():
         overrides = OmegaConf.to_container(OmegaConf.load(job / ".hydra" / "overrides.yaml"))
         config_path = job / ".hydra" / "config.yaml"
         config = OmegaConf.load(config_path) if config_path.exists() else OmegaConf.create()
         run = Run(job, [str(o) for o in overrides], config)  # type: ignore[union-attr, arg-type]
-        if (job / "metrics.json").exists():
-            run.metrics = json.loads((job / "metrics.json").read_text())
+        if run.get("task.name") not in (None, "classify"):
+            continue
+        metrics = json.loads((job / "metrics.json").read_text()) if (job / "metrics.json").exists() else {}
+        if "test_acc" in metrics:
+            run.metrics = metrics
             history = job / "history.jsonl"
             if history.exists():
                 run.history = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
         elif status is not None and status["status"] == "failed":
             run.error = status.get("error", "failed")
+        elif "status" in metrics:  # e.g. diverged, without a status.json
+            run.error = f"{metrics['status']}: {metrics.get('error', '')}"
         runs.append(run)
     return runs
 

@@ -118,6 +118,18 @@ def test_partial_sweep_lists_failed_and_unfinished_runs(grid: Path) -> None:
     assert "11 runs: 8 completed, 1 failed, 2 unfinished" in results
 
 
+def test_a_diverged_run_is_a_failure_and_other_tasks_are_left_out(grid: Path) -> None:
+    diverged = make_run(grid / "8", ["model.depth=56", "model.residual=false", "seed=0", "optimizer.lr=10"])
+    (diverged / "metrics.json").write_text(json.dumps({"status": "diverged", "error": "loss is nan at step 7"}))
+    evaluate = make_run(grid / "9", ["task=evaluate", "checkpoint=best.pt"])
+    config = yaml.safe_load((evaluate / ".hydra" / "config.yaml").read_text())
+    (evaluate / ".hydra" / "config.yaml").write_text(yaml.safe_dump({**config, "task": {"name": "evaluate"}}))
+    (evaluate / "metrics.json").write_text(json.dumps({"test_acc": 0.5}))
+    runs = {r.dir.name: r for r in load_runs(grid)}
+    assert runs["8"].status == "failed" and runs["8"].error == "diverged: loss is nan at step 7"
+    assert "9" not in runs and len(runs) == 9
+
+
 def test_completed_run_wins_over_a_stale_status(grid: Path) -> None:
     write_status(grid / "0", "running", ["model.depth=20"])  # e.g. status.json written before a crash of the writer
     assert [r.status for r in load_runs(grid)].count("completed") == 8

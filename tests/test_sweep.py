@@ -215,7 +215,6 @@ def test_jobs_of_a_multirun_share_a_wandb_group_and_get_readable_names_and_tags(
     assert sweep_group() == "2026-01-01/12-00-00-000001"
 
 
-@pytest.mark.slow
 def test_a_failing_job_does_not_stop_the_others(tmp_path: Path) -> None:
     """joblib, 2 parallel jobs, one with a bad value: the other finishes, the failure is recorded and listed."""
     done = cli(
