@@ -75,9 +75,12 @@ def regions(
     """Threshold a (h, w) heat map at `threshold` x its maximum; one box per connected component.
 
     The heat map must be zero (or below) on background: subtract a baseline or min-max normalize first.
+    A map with nothing above zero has no regions.
     """
     if rank not in RANKINGS:
         raise ConfigError("task.rank", rank, f"one of {', '.join(RANKINGS)}", "task.rank=peak")
+    if heat.max() <= 0:  # nothing above background
+        return Regions(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long))
     labels = connected_components(heat >= threshold * heat.max())
     n = int(labels.max())
     rows, cols = torch.meshgrid(torch.arange(heat.shape[0]), torch.arange(heat.shape[1]), indexing="ij")
@@ -91,8 +94,6 @@ def regions(
         boxes.append(torch.cat([low, high]))
         peaks.append(heat[inside].max())
         areas.append(inside.sum())
-    if not boxes:
-        return Regions(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long))
     out = Regions(torch.stack(boxes), torch.stack(peaks).float(), torch.stack(areas))
     order = (out.peaks if rank == "peak" else out.areas.float()).argsort(descending=True)
     return Regions(out.boxes[order], out.peaks[order], out.areas[order])
@@ -113,18 +114,33 @@ def detect(
     stride: float = 1.0,
     first_center: float = 0.5,
     rank: str = "peak",
+    overlap: float = 0.3,
 ) -> Detections:
-    """Up to `digits` boxes on one canvas: the `digits` best classes by canvas score, one box per component
-    of each class's heat map (K, h, w), the best `digits` components overall (by `rank`)."""
+    """Up to `digits` boxes on one canvas from the components of the class heat maps (K, h, w).
+
+    The `digits` best classes by canvas score each give their best component (by `rank`), then the other
+    components fill the remaining places (a class may appear twice), best first. A box overlapping a kept
+    box by IoU > `overlap` is dropped: digits do not overlap, so it is the same digit seen by another class.
+    """
     classes = canvas_scores.topk(min(digits, len(canvas_scores))).indices.tolist()
-    found = [(regions(heat[c], threshold, stride, first_center, rank), c) for c in classes]
-    boxes = torch.cat([r.boxes for r, _ in found])
-    labels = torch.cat([torch.full((len(r.boxes),), c, dtype=torch.long) for r, c in found])
-    key = torch.cat([r.peaks if rank == "peak" else r.areas.float() for r, _ in found])
-    # components of the best class first, then the rest by their rank key
-    order = sorted(range(len(labels)), key=lambda i: (labels[i] != classes[0], -float(key[i])))[:digits]
-    order = torch.tensor(order, dtype=torch.long)
-    return Detections(boxes[order], labels[order], key[order])
+    firsts, rest = [], []
+    for c in classes:
+        found = regions(heat[c], threshold, stride, first_center, rank)
+        key = found.peaks if rank == "peak" else found.areas.float()
+        for j in range(len(found.boxes)):
+            (firsts if j == 0 else rest).append((found.boxes[j], c, float(key[j])))
+    rest.sort(key=lambda item: -item[2])
+    kept: list[tuple[torch.Tensor, int, float]] = []
+    for box, c, key in firsts + rest:
+        if len(kept) == digits:
+            break
+        if not kept or box_iou(box[None], torch.stack([k[0] for k in kept])).max() <= overlap:
+            kept.append((box, c, key))
+    if not kept:
+        return Detections(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), torch.zeros(0))
+    return Detections(
+        torch.stack([k[0] for k in kept]), torch.tensor([k[1] for k in kept]), torch.tensor([k[2] for k in kept])
+    )
 
 
 def peak_point(heat: torch.Tensor, stride: float = 1.0, first_center: float = 0.5) -> tuple[float, float]:

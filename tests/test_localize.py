@@ -179,18 +179,26 @@ def test_window_pooling_ignores_a_background_that_mean_pooling_follows():
         pool_scores(maps, "median")
 
 
-def test_detect_gives_one_box_per_component_of_the_best_classes():
+def test_detect_gives_each_best_class_a_box_then_fills_with_the_best_other_components():
     heat = torch.zeros(4, 16, 16)
     heat[1, 2:4, 2:4] = 3.0
     heat[1, 10:12, 10:12] = 2.5  # a second digit of class 1
     heat[3, 6:8, 0:2] = 2.0
+    heat[3, 2:4, 2:5] = 1.8  # class 3 also likes the first digit: the same place, dropped
     heat[2, 0, 15] = 0.1
+    heat[0] = -1.0  # below an empty canvas everywhere: no region at all
     scores = torch.tensor([0.0, 3.0, 0.1, 2.0])
+    one = detect(heat, scores, digits=1, threshold=0.5, stride=1)
+    assert one.labels.tolist() == [1] and one.boxes.tolist() == [[2.0, 2.0, 4.0, 4.0]]
     two = detect(heat, scores, digits=2, threshold=0.5, stride=1)
-    assert two.labels.tolist() == [1, 1]
+    assert two.labels.tolist() == [1, 3] and two.boxes[1].tolist() == [0.0, 6.0, 2.0, 8.0]
     three = detect(heat, scores, digits=3, threshold=0.5, stride=1)
-    assert sorted(three.labels.tolist()) == [1, 1, 3]
-    assert three.boxes.tolist()[:2] == [[2.0, 2.0, 4.0, 4.0], [10.0, 10.0, 12.0, 12.0]]
+    assert three.labels.tolist() == [1, 3, 2]  # every one of the three best classes gets its best place
+    heat[2] = 0.0
+    again = detect(heat, scores, digits=3, threshold=0.5, stride=1)
+    assert again.labels.tolist() == [1, 3, 1]  # then the second class-1 digit; class 3's copy of digit 1 is dropped
+    assert again.boxes[2].tolist() == [10.0, 10.0, 12.0, 12.0]
+    assert len(detect(heat, scores, digits=4, threshold=0.5, stride=1).labels) == 3  # class 0 adds nothing
 
 
 def test_scores_match_torchvision_iou_and_the_pointing_game():
