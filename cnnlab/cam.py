@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnlab.models.fully_conv import first_cell_center
+
 METHODS = ("cam", "grad-cam")
 
 
@@ -39,13 +41,16 @@ def grad_cam(model: nn.Module, x: torch.Tensor, layer: int = -1) -> torch.Tensor
     return F.relu((weights * maps[0].detach()).sum(dim=2)).transpose(0, 1).detach()
 
 
-def upsample_aligned(maps: torch.Tensor, stride: int, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear upsampling of (B, K, h, w) cell maps to pixels, cell (i, j) landing on pixel (stride i, stride j).
+def upsample_cells(maps: torch.Tensor, stride: int, size: tuple[int, int], where: str = "field") -> torch.Tensor:
+    """Bilinear upsampling of (B, K, h, w) cell maps to pixels, each cell landing on its centre.
 
-    That is where a cell's receptive field is centred (see FullyConvNet.first_center); plain
-    interpolate(align_corners=False) would put it at stride (j + 1/2), shifting every map by (stride - 1) / 2.
-    The few pixels past the last cell repeat its value.
+    where="middle": cell j at stride*(j + 1/2), which is what interpolate(align_corners=False) does.
+    where="field": cell j on pixel stride*j, its receptive field's centre (see first_cell_center); the few
+    pixels past the last cell repeat its value.
     """
+    first_cell_center(stride, where)  # checks `where`
+    if where == "middle":
+        return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
     h, w = maps.shape[2:]
     inner = (stride * (h - 1) + 1, stride * (w - 1) + 1)
     up = F.interpolate(maps, size=inner, mode="bilinear", align_corners=True)

@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 from torchvision.ops import box_iou
 
-from cnnlab.cam import upsample_aligned
+from cnnlab.cam import upsample_cells
 from cnnlab.data.canvas import canvases_for, make_canvases
 from cnnlab.errors import ConfigError
 from cnnlab.localization import Detections, Scores, connected_components, detect, pool_scores, regions
@@ -82,10 +82,14 @@ def test_cell_centres_are_where_receptive_fields_are_centred():
 def test_upsampling_puts_each_cell_on_its_centre_pixel():
     maps = torch.zeros(1, 1, 8, 8)
     maps[0, 0, 2, 5] = 1.0
-    up = upsample_aligned(maps, 4, (32, 32))
-    assert up.shape == (1, 1, 32, 32)
-    assert divmod(int(up.argmax()), 32) == (8, 20)  # pixel (4*2, 4*5): centre 8.5, 20.5 = cell_centers
-    assert up[0, 0, 8, 20] == 1.0
+    field = upsample_cells(maps, 4, (32, 32), "field")
+    assert field.shape == (1, 1, 32, 32)
+    assert divmod(int(field.argmax()), 32) == (8, 20)  # pixel (4*2, 4*5): centres 8.5, 20.5
+    assert field[0, 0, 8, 20] == 1.0
+    middle = upsample_cells(maps, 4, (32, 32), "middle")  # centres 4*2 + 2, 4*5 + 2: between pixels 9 and 10
+    assert middle[0, 0, 9:11, 21:23].min() == middle.max()
+    with pytest.raises(ConfigError, match="task.cell_center"):
+        upsample_cells(maps, 4, (32, 32), "corner")
 
 
 # ---------------------------------------------------------------- canvases

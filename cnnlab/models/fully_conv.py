@@ -9,7 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnlab.errors import CheckpointError
+from cnnlab.errors import CheckpointError, ConfigError
+
+CELL_CENTERS = ("middle", "field")
 
 
 class FullyConvNet(nn.Module):
@@ -29,13 +31,23 @@ class FullyConvNet(nn.Module):
             self.classifier.weight.copy_(fc.weight[:, :, None, None])
             self.classifier.bias.copy_(fc.bias)
         self.stride: int = int(model.stride)
-        # Each stride-2 3x3 convolution (padding 1) centres output cell j on input pixel 2j, so cell (i, j)
-        # of the last maps is centred on pixel (stride*i, stride*j): on the pixel's centre, not at stride*(j+1/2).
-        self.first_center: float = 0.5
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
 
-    def cell_centers(self, n: int) -> torch.Tensor:
+    def cell_centers(self, n: int, where: str = "field") -> torch.Tensor:
         """Centres of n consecutive cells in continuous pixel coordinates (pixel i spans [i, i + 1))."""
-        return self.stride * torch.arange(n, dtype=torch.float32) + self.first_center
+        return self.stride * torch.arange(n, dtype=torch.float32) + first_cell_center(self.stride, where)
+
+
+def first_cell_center(stride: int, where: str) -> float:
+    """Pixel coordinate of the centre of cell 0 of maps with this stride.
+
+    field: the centre of its receptive field. Each stride-2 3x3 convolution (padding 1) centres output cell j
+    on input pixel 2j, so cell j sits on pixel stride*j, whose centre is stride*j + 0.5.
+    middle: the middle of the cell's stride x stride block, stride*j + stride/2 (where plain bilinear
+    upsampling puts it). Where a trained network's evidence peaks is an empirical question: measure both.
+    """
+    if where not in CELL_CENTERS:
+        raise ConfigError("task.cell_center", where, "middle or field", "task.cell_center=middle")
+    return 0.5 if where == "field" else stride / 2

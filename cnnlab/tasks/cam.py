@@ -13,7 +13,7 @@ import logging
 import torch
 
 from cnnlab import figures
-from cnnlab.cam import METHODS, class_activation_maps, grad_cam, normalize_per_image, upsample_aligned
+from cnnlab.cam import METHODS, class_activation_maps, grad_cam, normalize_per_image, upsample_cells
 from cnnlab.data.canvas import canvases_for
 from cnnlab.errors import ConfigError
 from cnnlab.localization import Detections, Scores, detect, peak_point, pool_scores
@@ -74,7 +74,7 @@ def run(ctx: Context) -> float:
             explained = torch.nn.functional.one_hot(torch.full((len(x),), task.class_index), classes).float()
         maps = grad_cam(model, x, int(task.layer)) if task.method == "grad-cam" else cams
         stride = size[0] // maps.shape[2]
-        heat = normalize_per_image(upsample_aligned(maps, stride, size)).float().cpu()
+        heat = normalize_per_image(upsample_cells(maps, stride, size, task.cell_center)).float().cpu()
         predicted, explained = predicted.float().cpu(), explained.float().cpu()
         for i in range(len(x)):
             n = start + i

@@ -1,8 +1,8 @@
 """task=localize: a trained ResNet made fully convolutional finds digits on large canvases.
 
-The 1x1-conv classifier gives one score map per class. Scores are taken relative to the maps of an empty
-(black) canvas, so background is zero; the canvas class is a pooling of the maps that the background cannot
-win; boxes are connected components of each chosen class's map above a fraction of its maximum.
+The 1x1-conv classifier gives one score map per class. The canvas class is a pooling of the maps that the
+black background cannot win; for boxes the maps are taken relative to those of an empty (black) canvas, so
+background is zero, and each chosen class gives the connected components above a fraction of its maximum.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from cnnlab import figures
-from cnnlab.cam import normalize_per_image, upsample_aligned
+from cnnlab.cam import normalize_per_image, upsample_cells
 from cnnlab.data.canvas import canvases_for
 from cnnlab.data.loader import DeviceLoader
 from cnnlab.errors import ConfigError
 from cnnlab.localization import POOLINGS, Scores, detect, peak_point, pool_scores
-from cnnlab.models.fully_conv import FullyConvNet
+from cnnlab.models.fully_conv import CELL_CENTERS, FullyConvNet, first_cell_center
 from cnnlab.results import print_table, write_json
 from cnnlab.run import Context
 from cnnlab.training.checkpoint import restore_model
@@ -37,10 +37,11 @@ def run(ctx: Context) -> float:
     canvases = canvases_for(task.canvas, dataset)
     net = FullyConvNet(model).eval()
     with torch.no_grad():
-        blank = net(normalized(torch.zeros_like(canvases.images[:1]), dataset, ctx.device))
-        heat = torch.cat([net(x) - blank for x in batches(canvases.images, dataset, ctx.device, task.batch_size)])
-    heat = heat.float().cpu()
-    canvas_scores = pool_scores(heat, task.pooling, task.window, task.topk)
+        blank = net(normalized(torch.zeros_like(canvases.images[:1]), dataset, ctx.device)).float().cpu()
+        maps = torch.cat([net(x).float().cpu() for x in batches(canvases.images, dataset, ctx.device, task.batch_size)])
+    canvas_scores = pool_scores(maps, task.pooling, task.window, task.topk)
+    heat = maps - blank  # evidence above an empty canvas: zero on background, so boxes can threshold it
+    center = first_cell_center(net.stride, task.cell_center)
     scores, found = Scores(float(task.iou)), []
     for i in range(len(canvases)):
         pred = detect(
@@ -49,10 +50,10 @@ def run(ctx: Context) -> float:
             int(task.canvas.digits),
             float(task.threshold),
             net.stride,
-            net.first_center,
+            center,
             "peak",
         )
-        peaks = {c: peak_point(heat[i, c], net.stride, net.first_center) for c in canvases.labels[i].unique().tolist()}
+        peaks = {c: peak_point(heat[i, c], net.stride, center) for c in canvases.labels[i].unique().tolist()}
         scores.add(pred, canvases.boxes[i], canvases.labels[i], peaks)
         found.append(pred)
     metrics = {**scores.summary(), **settings(cfg, dataset, net.stride)}
@@ -60,7 +61,7 @@ def run(ctx: Context) -> float:
     ctx.logger.summary(metrics)
     shown = min(int(task.figure_count), len(canvases))
     classes = torch.stack([f.labels[0] for f in found[:shown]])
-    overlay = upsample_aligned(heat[:shown], net.stride, tuple(canvases.images.shape[2:]))
+    overlay = upsample_cells(heat[:shown], net.stride, tuple(canvases.images.shape[2:]), task.cell_center)
     overlay = normalize_per_image(overlay[torch.arange(shown), classes].clamp(min=0))
     path = figures.box_grid(
         canvases.images[:shown],
@@ -77,6 +78,8 @@ def run(ctx: Context) -> float:
 
 def check_task(task: DictConfig, monitors: list[str]) -> None:
     """Options shared by task=localize and task=cam, checked before any work."""
+    if task.cell_center not in CELL_CENTERS:
+        raise ConfigError("task.cell_center", task.cell_center, "middle or field", "task.cell_center=middle")
     if task.pooling not in POOLINGS:
         raise ConfigError("task.pooling", task.pooling, f"one of {', '.join(POOLINGS)}", "task.pooling=window")
     for key in ("window", "topk", "batch_size", "figure_count"):
@@ -90,7 +93,7 @@ def check_task(task: DictConfig, monitors: list[str]) -> None:
 
 
 def _default(key: str) -> int:
-    return {"window": 7, "topk": 16, "batch_size": 50, "figure_count": 16}[key]
+    return {"window": 5, "topk": 16, "batch_size": 50, "figure_count": 16}[key]
 
 
 def trained_dataset(saved: DictConfig, cfg: DictConfig) -> DictConfig:
@@ -120,6 +123,7 @@ def settings(cfg: DictConfig, dataset: DictConfig, stride: int) -> dict[str, Any
         **{f"canvas.{k}": v for k, v in task.canvas.items()},
         "pooling": task.pooling,
         "threshold": task.threshold,
+        "cell_center": task.cell_center,
         "stride": stride,
         "seed": cfg.seed,
     }
