@@ -90,7 +90,12 @@ def run_app(run_dir: Path, *overrides: str) -> float:
     """Run the app in-process (fast: no interpreter start-up)."""
     from cnnlab.run import run
 
-    return run(make_config(run_dir, ["logger=none", "trainer.threads=1", *overrides]))
+    defaults = [
+        d
+        for d in ("logger=none", "trainer.threads=1")
+        if not any(o.startswith(d.split("=")[0] + "=") for o in overrides)
+    ]
+    return run(make_config(run_dir, [*defaults, *overrides]))
 
 
 def cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: int = 300):
