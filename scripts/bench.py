@@ -386,9 +386,9 @@ def main() -> None:
 
 def defaults_for(device: torch.device) -> tuple[str, bool]:
     """The precision and memory format a default cnnlab run uses on `device` (trainer.precision/channels_last)."""
-    from cnnlab.training.trainer import resolve_precision
+    from cnnlab.training.trainer import resolve_channels_last
 
-    return resolve_precision("auto", device), device.type == "cuda"
+    return "32", resolve_channels_last("auto", device)
 
 
 if __name__ == "__main__":

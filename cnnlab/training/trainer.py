@@ -28,17 +28,7 @@ from cnnlab.training import checkpoint
 from cnnlab.training.stop import Interrupted, stop
 
 log = logging.getLogger(__name__)
-PRECISIONS = ("auto", "32", "bf16", "16")
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """auto: bf16 autocast on a GPU that supports it (measured faster at equal accuracy), fp32 elsewhere.
-
-    CPUs without native bf16 (AVX2-only, like our 2-core reference machine) run bf16 autocast slower than fp32.
-    """
-    if precision != "auto":
-        return precision
-    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "32"
+PRECISIONS = ("32", "bf16", "16")
 
 
 def resolve_channels_last(channels_last: bool | str, device: torch.device) -> bool:
@@ -76,7 +66,7 @@ class TrainerConfig:
     eval_batch_size: int = 1000
     eval_every: int | None = None
     log_every: int = 50
-    precision: str = "auto"
+    precision: str = "32"
     channels_last: bool | str = "auto"
     compile: bool = False
     checkpoint: bool = True
@@ -91,7 +81,7 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         self.precision = str(self.precision)
         if self.precision not in PRECISIONS:
-            raise ConfigError("trainer.precision", self.precision, "auto, 32, bf16 or 16", "trainer.precision=auto")
+            raise ConfigError("trainer.precision", self.precision, "32, bf16 or 16", "trainer.precision=32")
         if self.channels_last not in ("auto", True, False):
             raise ConfigError(
                 "trainer.channels_last", self.channels_last, "auto, true or false", "trainer.channels_last=auto"
@@ -121,11 +111,10 @@ class Trainer:
         state: dict[str, Any] | None = None,
     ) -> None:
         self.device, self.run_dir = device, Path(run_dir)
-        self.cfg = replace(  # "auto" settings become what this device runs, and are recorded as such
-            config,
-            precision=resolve_precision(config.precision, device),
-            channels_last=resolve_channels_last(config.channels_last, device),
-        )
+        # channels_last=auto becomes what this device runs, and is recorded as such
+        self.cfg = replace(config, channels_last=resolve_channels_last(config.channels_last, device))
+        if self.cfg.precision == "bf16" and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            log.warning("trainer.precision=bf16 on a CPU without native bf16: expect it several times slower than 32")
         config = self.cfg
         self.logger = logger or NullLogger()
         self.state = state or {}  # extra values stored in every checkpoint (config, wandb id, ...)
