@@ -32,7 +32,7 @@ def run(ctx: Context) -> float:
         raise ConfigError("task.source", task.source, "canvas or test", "task.source=canvas")
     if task.method not in METHODS:
         raise ConfigError("task.method", task.method, f"one of {', '.join(METHODS)}", "task.method=cam")
-    check_task(task, METRIC_KEYS if task.source == "canvas" else ["cls_acc", "cls_acc"])
+    check_task(task, METRIC_KEYS if task.source == "canvas" else ["cls_acc"])
     model, saved, _ = restore_model(cfg.checkpoint, ctx.device, ctx.run_dir)
     model.eval()
     if task.method == "grad-cam" and not -len(model.features) <= task.layer < len(model.features):

@@ -69,7 +69,7 @@ def run(ctx: Context) -> float:
         canvases,
         found[:shown],
         ctx.run_dir / "figures" / "localize.png",
-        f"fully convolutional {saved.model.get('depth', '')}: green true, red predicted",
+        f"fully convolutional ResNet-{saved.model.get('depth', '')}: green true, red predicted",
     )
     ctx.logger.images({"figures/localize": path})
     print_table(f"localize {cfg.checkpoint}", metrics, METRIC_KEYS)
@@ -89,7 +89,8 @@ def check_task(task: DictConfig, monitors: list[str]) -> None:
         if not isinstance(task[key], (int, float)) or not 0 < task[key] <= 1:
             raise ConfigError(f"task.{key}", task[key], "a fraction in (0, 1]", f"task.{key}=0.5")
     if task.monitor not in monitors:
-        raise ConfigError("task.monitor", task.monitor, f"one of {', '.join(monitors)}", f"task.monitor={monitors[1]}")
+        fix = "loc_acc" if "loc_acc" in monitors else monitors[0]
+        raise ConfigError("task.monitor", task.monitor, f"one of {', '.join(monitors)}", f"task.monitor={fix}")
 
 
 def _default(key: str) -> int:
