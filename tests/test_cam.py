@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cnnlab.cam import class_activation_maps, grad_cam, normalize_per_image
-from cnnlab.errors import ConfigError
+from cnnlab.errors import CheckpointError, ConfigError
 from cnnlab.models.fully_conv import FullyConvNet
 from cnnlab.models.resnet import ResNet
 from tests.conftest import run_app
@@ -89,3 +89,14 @@ def test_cam_checks_its_options_before_work(tmp_path, mnist_checkpoint):  # noqa
         run_app(tmp_path / "b", *base, "task.class_index=12")
     with pytest.raises(ConfigError, match="task.layer"):
         run_app(tmp_path / "c", *base, "task.method=grad-cam", "task.layer=40")
+
+
+def test_cam_refuses_a_model_without_convolutional_features(tmp_path):
+    checkpoint = trained_checkpoint_mlp(tmp_path)
+    with pytest.raises(CheckpointError, match="model=resnet"):
+        run_app(tmp_path / "cam", "task=cam", f"checkpoint={checkpoint}")
+
+
+def trained_checkpoint_mlp(tmp_path):
+    run_app(tmp_path / "mlp", "model=mlp", "trainer.max_steps=1", "trainer.figures=false")
+    return tmp_path / "mlp" / "checkpoints" / "best.pt"

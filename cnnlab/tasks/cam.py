@@ -17,6 +17,7 @@ from cnnlab.cam import METHODS, class_activation_maps, grad_cam, normalize_per_i
 from cnnlab.data.canvas import canvases_for
 from cnnlab.errors import ConfigError
 from cnnlab.localization import Detections, Scores, detect, peak_point, pool_scores
+from cnnlab.models.fully_conv import FullyConvNet
 from cnnlab.results import print_table, write_json
 from cnnlab.run import Context
 from cnnlab.tasks.localize import METRIC_KEYS, batches, check_task, settings, trained_dataset
@@ -35,6 +36,7 @@ def run(ctx: Context) -> float:
     check_task(task, METRIC_KEYS if task.source == "canvas" else ["cls_acc"])
     model, saved, _ = restore_model(cfg.checkpoint, ctx.device, ctx.run_dir)
     model.eval()
+    FullyConvNet(model)  # a clear error for a model without conv features + linear layer (an MLP)
     if task.method == "grad-cam" and not -len(model.features) <= task.layer < len(model.features):
         raise ConfigError(
             "task.layer",

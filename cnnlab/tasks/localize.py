@@ -60,7 +60,7 @@ def run(ctx: Context) -> float:
     write_json(ctx.run_dir / "metrics.json", metrics)
     ctx.logger.summary(metrics)
     shown = min(int(task.figure_count), len(canvases))
-    classes = torch.stack([f.labels[0] for f in found[:shown]])
+    classes = canvas_scores[:shown].argmax(dim=1)
     overlay = upsample_cells(heat[:shown], net.stride, tuple(canvases.images.shape[2:]), task.cell_center)
     overlay = normalize_per_image(overlay[torch.arange(shown), classes].clamp(min=0))
     path = figures.box_grid(
