@@ -393,9 +393,9 @@ def main() -> None:
 
 def defaults_for(device: torch.device) -> tuple[str, bool]:
     """The precision and memory format a default cnnlab run uses on `device` (trainer.precision/channels_last)."""
-    from cnnlab.training.trainer import resolve_channels_last
+    from cnnlab.training.trainer import TrainerConfig, channels_last_crashes
 
-    return "32", resolve_channels_last("auto", device)
+    return TrainerConfig.precision, not channels_last_crashes(ResNet(depth=20), device)
 
 
 if __name__ == "__main__":

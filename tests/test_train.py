@@ -5,8 +5,10 @@ import json
 import pytest
 import torch
 
+from cnnlab.errors import ConfigError
 from cnnlab.models.resnet import ResNet
 from cnnlab.training import checkpoint
+from cnnlab.training.trainer import Trainer, TrainerConfig
 from tests.conftest import run_app, write_cifar10
 
 METRIC_KEYS = {
@@ -118,3 +120,16 @@ def test_cifar10_resnet_with_augmentation_and_schedule(tmp_path):
     assert history[0]["lr"] == pytest.approx(0.01) and history[1]["lr"] == pytest.approx(0.01)
     expected = sum(p.numel() for p in ResNet(depth=8, width=4, shortcut="B").parameters())
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["params"] == expected
+
+
+def test_channels_last_auto_avoids_the_cpu_kernel_crash(tmp_path):
+    cpu = torch.device("cpu")
+    small = Trainer(TrainerConfig(), cpu, tmp_path)
+    small.prepare(ResNet(depth=8, width=4, shortcut="B"))  # 4->8 channel 1x1 stride-2 projection
+    assert small.cfg.channels_last is False
+    wide = Trainer(TrainerConfig(), cpu, tmp_path)
+    model = wide.prepare(ResNet(depth=8, width=16, shortcut="B"))
+    assert wide.cfg.channels_last is True and model.fc.weight.device == cpu
+    assert model.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ConfigError, match="trainer.channels_last"):
+        Trainer(TrainerConfig(channels_last=True), cpu, tmp_path).prepare(ResNet(depth=8, width=4, shortcut="C"))

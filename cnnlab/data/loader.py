@@ -78,10 +78,13 @@ class DeviceLoader:
             idx = slice(i * self.batch_size, (i + 1) * self.batch_size)
             rows = order[idx] if order is not None else idx
             xb, yb = self.x[rows], self.y[rows]
-            if offsets is not None:
-                xb = random_crop(xb, self.pad, offsets[idx])
-            if flips is not None:
-                xb = torch.where(flips[idx].view(-1, 1, 1, 1), xb.flip(3), xb)
+            if offsets is not None or flips is not None:
+                xb = crop_and_flip(
+                    xb,
+                    self.pad,
+                    offsets[idx] if offsets is not None else None,
+                    flips[idx] if flips is not None else None,
+                )
             xb = (xb.float() * self.scale - self.shift).contiguous(memory_format=self.memory_format)
             yield xb, yb
 
@@ -89,12 +92,19 @@ class DeviceLoader:
         return self.batches()
 
 
-def random_crop(x: torch.Tensor, pad: int, offsets: torch.Tensor) -> torch.Tensor:
-    """Zero-pad by `pad` and crop back to the input size at per-sample (row, col) offsets."""
+def crop_and_flip(x: torch.Tensor, pad: int, offsets: torch.Tensor | None, flips: torch.Tensor | None) -> torch.Tensor:
+    """Zero-pad by `pad`, crop back to the input size at per-sample (row, col) offsets, then mirror where `flips`.
+
+    One gather of precomputed pixel indices does all three for the whole batch (as RandomCrop(padding) followed
+    by RandomHorizontalFlip would, per sample).
+    """
     b, c, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad))
-    rows = (offsets[:, 0, None] + torch.arange(h, device=x.device)).view(b, 1, h, 1)
-    cols = (offsets[:, 1, None] + torch.arange(w, device=x.device)).view(b, 1, 1, w)
-    batch = torch.arange(b, device=x.device).view(b, 1, 1, 1)
-    channel = torch.arange(c, device=x.device).view(1, c, 1, 1)
-    return padded[batch, channel, rows, cols]
+    padded = F.pad(x, (pad, pad, pad, pad)) if pad else x
+    rows = torch.arange(h, device=x.device).expand(b, h)
+    cols = torch.arange(w, device=x.device).expand(b, w)
+    if flips is not None:
+        cols = torch.where(flips[:, None], w - 1 - cols, cols)
+    if offsets is not None:
+        rows, cols = rows + offsets[:, :1], cols + offsets[:, 1:]
+    index = (rows[:, :, None] * (w + 2 * pad) + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
+    return padded.flatten(2).gather(2, index).view(b, c, h, w)

@@ -35,12 +35,11 @@ def run(ctx: Context) -> float:
     cfg, run_dir = ctx.cfg, ctx.run_dir
     tic = time.perf_counter()
     model = instantiate(cfg.model)  # a bad model config fails here, before any data is read
-    trainer = Trainer(TrainerConfig.from_config(cfg.trainer), ctx.device, run_dir, ctx.logger)
-    saved = config_dict(cfg)  # stored in every checkpoint, with the precision and layout that actually ran
-    saved["trainer"] |= {"precision": trainer.cfg.precision, "channels_last": trainer.cfg.channels_last}
-    trainer.state = {"config": saved}
-    loaders = build_loaders(cfg.dataset, trainer.cfg, cfg.seed, ctx.device, run_dir)
+    trainer = Trainer(
+        TrainerConfig.from_config(cfg.trainer), ctx.device, run_dir, ctx.logger, state={"config": config_dict(cfg)}
+    )
     model = trainer.prepare(model)
+    loaders = build_loaders(cfg.dataset, trainer.cfg, cfg.seed, ctx.device, run_dir)
     params = sum(p.numel() for p in model.parameters())
     log.info(
         "%s: %s parameters, %d train / %d val / %d test images",

@@ -31,9 +31,13 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("32", "bf16", "16")
 
 
-def resolve_channels_last(channels_last: bool | str, device: torch.device) -> bool:
-    """auto: NHWC on a GPU (tensor-core convolutions want it), NCHW on the CPU."""
-    return device.type == "cuda" if channels_last == "auto" else bool(channels_last)
+def channels_last_crashes(model: nn.Module, device: torch.device) -> bool:
+    """PyTorch's CPU kernels crash (double free) in the backward of channels-last 1x1 stride-2 convolutions with
+    fewer than 8 input channels (seen with torch 2.14); such models train in NCHW on the CPU."""
+    return device.type == "cpu" and any(
+        isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1) and m.in_channels < 8
+        for m in model.modules()
+    )
 
 
 class DivergenceError(UserError):
@@ -82,16 +86,16 @@ class TrainerConfig:
         self.precision = str(self.precision)
         if self.precision not in PRECISIONS:
             raise ConfigError("trainer.precision", self.precision, "32, bf16 or 16", "trainer.precision=32")
-        if self.channels_last not in ("auto", True, False):
-            raise ConfigError(
-                "trainer.channels_last", self.channels_last, "auto, true or false", "trainer.channels_last=auto"
-            )
         if self.epochs is None and self.max_steps is None:
             raise ConfigError(
                 "trainer.epochs", None, "a number of epochs, or set trainer.max_steps", "trainer.epochs=5"
             )
         if self.epochs is not None and self.epochs < 0:
             raise ConfigError("trainer.epochs", self.epochs, "0 or more", "trainer.epochs=5")
+        if self.channels_last not in ("auto", True, False):
+            raise ConfigError(
+                "trainer.channels_last", self.channels_last, "auto, true or false", "trainer.channels_last=auto"
+            )
         for key in ("max_steps", "eval_every", "checkpoint_every"):
             value = getattr(self, key)
             if value is not None and value <= 0:
@@ -110,12 +114,9 @@ class Trainer:
         logger: NullLogger | None = None,
         state: dict[str, Any] | None = None,
     ) -> None:
-        self.device, self.run_dir = device, Path(run_dir)
-        # channels_last=auto becomes what this device runs, and is recorded as such
-        self.cfg = replace(config, channels_last=resolve_channels_last(config.channels_last, device))
-        if self.cfg.precision == "bf16" and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        self.cfg, self.device, self.run_dir = config, device, Path(run_dir)
+        if config.precision == "bf16" and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
             log.warning("trainer.precision=bf16 on a CPU without native bf16: expect it several times slower than 32")
-        config = self.cfg
         self.logger = logger or NullLogger()
         self.state = state or {}  # extra values stored in every checkpoint (config, wandb id, ...)
         if config.precision == "16" and device.type != "cuda":
@@ -134,10 +135,23 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=dtype)
 
     def prepare(self, model: nn.Module) -> nn.Module:
+        """Move the model to the device and settle channels_last=auto for it (before loaders are built)."""
+        crashes = channels_last_crashes(model, self.device)
+        if self.cfg.channels_last == "auto":
+            self.cfg = replace(self.cfg, channels_last=not crashes)
+            if crashes:
+                log.info("channels_last=auto: NCHW, as NHWC 1x1 strided convolutions with < 8 channels crash on CPU")
+        elif self.cfg.channels_last and crashes:
+            raise ConfigError(
+                "trainer.channels_last",
+                True,
+                "false or auto for this model on the CPU: PyTorch's CPU kernels crash "
+                "on channels-last 1x1 strided convolutions with fewer than 8 input channels (model.width < 8 with "
+                "shortcut B or C)",
+                "trainer.channels_last=auto",
+            )
         model = model.to(self.device)
-        if self.cfg.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        return model
+        return model.to(memory_format=torch.channels_last) if self.cfg.channels_last else model
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
