@@ -32,6 +32,11 @@ class Preflight(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
+            if "trainer" in config and config.trainer.get("resume"):
+                raise UserError(
+                    "trainer.resume continues one run: run `python -m cnnlab <that job's overrides> "
+                    "trainer.resume=<its job dir>` without -m, once per job to continue."
+                )
             ensure_writable(Path(str(config.hydra.sweep.dir)))
         except UserError as e:
             fail(e)

@@ -164,6 +164,11 @@ def run_name(cfg: DictConfig) -> str:
     return f"{str(m._target_).rsplit('.', 1)[-1].lower()}-s{cfg.seed}"
 
 
+def on_command_line(key: str) -> bool:
+    """Whether this run's command line sets `key` (key=, +key=, ++key=)."""
+    return any(o.lstrip("+~").startswith(f"{key}=") for o in HydraConfig.get().overrides.task)
+
+
 def override_tags() -> list[str]:
     """W&B tags from the command line's overrides (e.g. model.depth=56), to filter the runs of a sweep."""
     overrides = HydraConfig.get().overrides.task

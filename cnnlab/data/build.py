@@ -59,3 +59,17 @@ def build_loaders(
         val=DeviceLoader(data.train_x[val_idx], data.train_y[val_idx], int(trainer.eval_batch_size), **common),
         test=DeviceLoader(data.test_x, data.test_y, int(trainer.eval_batch_size), **common),
     )
+
+
+def trained_dataset(saved: Any, cfg: Any) -> Any:
+    """The dataset config a checkpoint was trained with, with its files found on this machine.
+
+    The root comes from this run's config (dataset.root, paths.data_dir, CNNLAB_DATA) when the command line
+    sets dataset.root or composes the same dataset (e.g. `dataset=mnist`); otherwise the checkpoint's root.
+    """
+    from cnnlab.run import on_command_line
+
+    dataset = saved.dataset.copy()
+    if on_command_line("dataset.root") or cfg.dataset.name == dataset.name:
+        dataset.root = cfg.dataset.root
+    return dataset

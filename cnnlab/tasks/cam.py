@@ -14,13 +14,14 @@ import torch
 
 from cnnlab import figures
 from cnnlab.cam import METHODS, class_activation_maps, grad_cam, normalize_per_image, upsample_cells
+from cnnlab.data.build import trained_dataset
 from cnnlab.data.canvas import canvases_for
 from cnnlab.errors import ConfigError
 from cnnlab.localization import Detections, Scores, detect, peak_point, pool_scores
 from cnnlab.models.fully_conv import FullyConvNet
 from cnnlab.results import print_table, write_json
 from cnnlab.run import Context
-from cnnlab.tasks.localize import METRIC_KEYS, batches, check_task, settings, trained_dataset
+from cnnlab.tasks.localize import METRIC_KEYS, batches, check_task, settings
 from cnnlab.training.checkpoint import restore_model
 
 log = logging.getLogger("cnnlab")

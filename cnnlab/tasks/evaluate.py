@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from cnnlab import figures
-from cnnlab.data.build import build_loaders
+from cnnlab.data.build import build_loaders, trained_dataset
 from cnnlab.errors import ConfigError
 from cnnlab.results import class_table, confusion, per_class, print_table, write_json
-from cnnlab.run import Context
+from cnnlab.run import Context, on_command_line
 from cnnlab.training.checkpoint import restore_model
 from cnnlab.training.trainer import Trainer, TrainerConfig
 
@@ -23,10 +22,12 @@ def run(ctx: Context) -> float:
     if cfg.task.split not in ("test", "val"):
         raise ConfigError("task.split", cfg.task.split, "test or val", "task.split=test")
     model, saved, state = restore_model(cfg.checkpoint, ctx.device, ctx.run_dir)
-    dataset = saved.dataset
-    if any(o.startswith("dataset.root=") for o in HydraConfig.get().overrides.task):
-        dataset.root = cfg.dataset.root  # the data may live elsewhere on this machine
-    trainer_cfg = TrainerConfig.from_config(saved.trainer)  # same precision and layout as in training
+    dataset = trained_dataset(saved, cfg)
+    # the precision and layout of training (so test_acc reproduces), unless this command line says otherwise
+    mine = {
+        k: cfg.trainer[k] for k in ("precision", "channels_last", "eval_batch_size") if on_command_line(f"trainer.{k}")
+    }
+    trainer_cfg = TrainerConfig.from_config(OmegaConf.merge(saved.trainer, mine))
     trainer = Trainer(trainer_cfg, ctx.device, ctx.run_dir, ctx.logger)
     model = trainer.prepare(model)
     loader = getattr(build_loaders(dataset, trainer.cfg, saved.seed, ctx.device), cfg.task.split)

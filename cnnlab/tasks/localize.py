@@ -8,14 +8,15 @@ background is zero, and each chosen class gives the connected components above a
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from cnnlab import figures
 from cnnlab.cam import normalize_per_image, upsample_cells
+from cnnlab.data.build import trained_dataset
 from cnnlab.data.canvas import canvases_for
 from cnnlab.data.loader import DeviceLoader
 from cnnlab.errors import ConfigError
@@ -84,25 +85,18 @@ def check_task(task: DictConfig, monitors: list[str]) -> None:
         raise ConfigError("task.pooling", task.pooling, f"one of {', '.join(POOLINGS)}", "task.pooling=window")
     for key in ("window", "topk", "batch_size", "figure_count"):
         if not isinstance(task[key], int) or task[key] <= 0:
-            raise ConfigError(f"task.{key}", task[key], "a positive integer", f"task.{key}={_default(key)}")
+            raise ConfigError(f"task.{key}", task[key], "a positive integer", f"task.{key}={_default(task, key)}")
     for key in ("threshold", "iou"):
         if not isinstance(task[key], (int, float)) or not 0 < task[key] <= 1:
-            raise ConfigError(f"task.{key}", task[key], "a fraction in (0, 1]", f"task.{key}=0.5")
+            raise ConfigError(f"task.{key}", task[key], "a fraction in (0, 1]", f"task.{key}={_default(task, key)}")
     if task.monitor not in monitors:
         fix = "loc_acc" if "loc_acc" in monitors else monitors[0]
         raise ConfigError("task.monitor", task.monitor, f"one of {', '.join(monitors)}", f"task.monitor={fix}")
 
 
-def _default(key: str) -> int:
-    return {"window": 5, "topk": 16, "batch_size": 50, "figure_count": 16}[key]
-
-
-def trained_dataset(saved: DictConfig, cfg: DictConfig) -> DictConfig:
-    """The dataset config the model was trained with; `dataset.root=` on the command line moves its files."""
-    dataset = saved.dataset
-    if any(o.startswith("dataset.root=") for o in HydraConfig.get().overrides.task):
-        dataset.root = cfg.dataset.root
-    return dataset
+def _default(task: DictConfig, key: str) -> Any:
+    """The value conf/task/<name>.yaml ships, to name in an error's fix."""
+    return OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "task" / f"{task.name}.yaml")[key]
 
 
 def batches(images: torch.Tensor, dataset: DictConfig, device: torch.device, size: int) -> Any:
