@@ -197,7 +197,10 @@ def error_vs_depth(rows: Sequence[Row], path: Path) -> Path | None:
 
 
 def training_curves(rows: Sequence[Row], path: Path) -> Path | None:
-    """Training (dashed) and validation (solid) error over iterations, one panel per kind (He et al., Figure 6)."""
+    """Training (dashed) and test (solid) error over iterations, one panel per kind (He et al., Figure 6).
+
+    Test curves need trainer.eval_test=true (degradation_grid sets it); otherwise the val error is drawn.
+    """
     panels: dict[str, list[Row]] = {}
     for row in rows:
         if row.key[1] is not None and any(r.history for r in row.runs):
@@ -209,12 +212,12 @@ def training_curves(rows: Sequence[Row], path: Path) -> Path | None:
     fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), sharey=True, squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
         for i, row in enumerate(sorted(panels[name], key=lambda r: r.key[0] or 0)):
-            steps, train, val = _mean_curve(row.runs)
+            steps, train, val, split = _mean_curve(row.runs)
             color = f"C{i}"
             depth = f"{row.key[0]}-layer" if row.key[0] is not None else "run"
             ax.plot(steps, train, linestyle="--", marker=".", color=color, linewidth=1)
             ax.plot(steps, val, linestyle="-", marker="o", markersize=3, color=color, linewidth=2, label=depth)
-        ax.set(xlabel="iteration", ylabel="error (%)", title=f"{name}: dashed train, solid val")
+        ax.set(xlabel="iteration", ylabel="error (%)", title=f"{name}: dashed train, solid {split}")
         ax.grid(alpha=0.3)
         ax.legend()
     return _save(fig, path)
@@ -226,16 +229,17 @@ def _label(row: Row) -> str:
     return " ".join([name, *(str(s) for s in setting)])
 
 
-def _mean_curve(runs: Sequence[Run]) -> tuple[list[float], list[float], list[float]]:
-    """Train and val error (%) at each evaluation step, averaged over the seeds that reached it."""
+def _mean_curve(runs: Sequence[Run]) -> tuple[list[float], list[float], list[float], str]:
+    """Train and test (else val) error (%) at each evaluation step, averaged over the seeds that reached it."""
     by_step: dict[float, list[dict[str, float]]] = {}
     for run in runs:
         for record in run.history:
             by_step.setdefault(record["step"], []).append(record)
     steps = sorted(by_step)
+    split = "test" if all("test_acc" in r for rs in by_step.values() for r in rs) else "val"
     train = [100 * (1 - statistics.fmean(r["train_acc"] for r in by_step[s])) for s in steps]
-    val = [100 * (1 - statistics.fmean(r["val_acc"] for r in by_step[s])) for s in steps]
-    return steps, train, val
+    held_out = [100 * (1 - statistics.fmean(r[f"{split}_acc"] for r in by_step[s])) for s in steps]
+    return steps, train, held_out, split
 
 
 def print_table(root: Path, rows: Sequence[Row], setting_keys: Sequence[str]) -> None:

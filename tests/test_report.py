@@ -193,3 +193,18 @@ def test_cli_refuses_a_dir_without_runs(tmp_path: Path, make, capsys: pytest.Cap
         main([str(make(tmp_path))])
     assert exit_info.value.code == 2
     assert "cnnlab report: error:" in capsys.readouterr().err
+
+
+def test_curves_use_test_error_when_the_runs_recorded_it() -> None:
+    from cnnlab.report import Run, _mean_curve
+
+    def run(rows: list[dict]) -> Run:
+        r = Run.__new__(Run)
+        r.history = rows
+        return r
+
+    with_test = [{"step": 10, "train_acc": 0.5, "val_acc": 0.6, "test_acc": 0.7}]
+    steps, train, held_out, split = _mean_curve([run(with_test)])
+    assert (steps, split) == ([10], "test") and held_out == [pytest.approx(30.0)] and train == [pytest.approx(50.0)]
+    without = [{"step": 10, "train_acc": 0.5, "val_acc": 0.6}]
+    assert _mean_curve([run(without)])[3] == "val"

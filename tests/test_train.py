@@ -133,3 +133,12 @@ def test_channels_last_auto_avoids_the_cpu_kernel_crash(tmp_path):
     assert model.features[0].weight.is_contiguous(memory_format=torch.channels_last)
     with pytest.raises(ConfigError, match="trainer.channels_last"):
         Trainer(TrainerConfig(channels_last=True), cpu, tmp_path).prepare(ResNet(depth=8, width=4, shortcut="C"))
+
+
+def test_eval_test_adds_test_curves_without_changing_the_choice(tmp_path):
+    run_app(tmp_path, "model.hidden=[16]", "trainer.max_steps=4", "trainer.eval_every=2", "trainer.eval_test=true")
+    history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert all("test_acc" in r and "test_loss" in r for r in history)
+    best = max(history, key=lambda r: r["val_acc"])  # the first best on val, as the trainer keeps it
+    assert metrics["best_step"] == best["step"] and metrics["test_acc"] == pytest.approx(best["test_acc"])

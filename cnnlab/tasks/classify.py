@@ -56,7 +56,8 @@ def run(ctx: Context) -> float:
         checkpoint.check_fits(model, ctx.resume["model"], run_dir / "checkpoints" / "last.pt")
     schedule = instantiate(cfg.scheduler)
     try:
-        fit = trainer.fit(model, optimizer, schedule, loaders.train, loaders.val, cfg.task.monitor, ctx.resume)
+        test = loaders.test if trainer.cfg.eval_test else None
+        fit = trainer.fit(model, optimizer, schedule, loaders.train, loaders.val, cfg.task.monitor, ctx.resume, test)
     except DivergenceError as e:  # a result too: record it, so a sweep shows which settings diverged
         diverged = {
             "status": "diverged",

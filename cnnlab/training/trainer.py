@@ -76,6 +76,7 @@ class TrainerConfig:
     checkpoint: bool = True
     checkpoint_every: int | None = None
     figures: bool = True
+    eval_test: bool = False
 
     @classmethod
     def from_config(cls, cfg: Any) -> TrainerConfig:
@@ -187,6 +188,7 @@ class Trainer:
         val: DeviceLoader,
         monitor: str = "val_acc",
         resume: dict[str, Any] | None = None,
+        test: DeviceLoader | None = None,
     ) -> dict[str, Any]:
         """Train; return a summary. On return the model holds the weights of the best evaluation."""
         cfg = self.cfg
@@ -279,6 +281,9 @@ class Trainer:
                 "val_acc": result["acc"],
                 "lr": scheduler.get_last_lr()[0],
             }
+            if test is not None:  # test curves, as He et al.'s Figure 6 plots (never used to pick a checkpoint)
+                tested = self.evaluate(model, test)
+                row |= {"test_loss": tested["loss"], "test_acc": tested["acc"]}
             loss_sum.zero_()
             correct.zero_()
             seen = 0
