@@ -65,6 +65,19 @@ def alternate(a, b, rounds: int) -> tuple[float, float]:
     return statistics.median(xs), statistics.median(ys)
 
 
+def quiet_config(precision: str, channels_last: bool | str, **kw: object) -> TrainerConfig:
+    """A Trainer config that logs, checkpoints and draws nothing: only the loop is measured."""
+    return TrainerConfig(
+        batch_size=128,
+        log_every=10**9,
+        checkpoint=False,
+        figures=False,
+        precision=precision,
+        channels_last=channels_last,
+        **kw,
+    )
+
+
 def cifar_like(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g), torch.randint(
@@ -99,17 +112,7 @@ def measure_step(
 ) -> tuple[float, float]:
     x, y = cifar_like(128 * steps)
     tmp = Path(tempfile.mkdtemp())
-    cfg = TrainerConfig(
-        epochs=None,
-        max_steps=steps,
-        batch_size=128,
-        log_every=10**9,
-        checkpoint=False,
-        figures=False,
-        precision=precision,
-        channels_last=channels_last,
-    )
-    trainer = Trainer(cfg, device, tmp)
+    trainer = Trainer(quiet_config(precision, channels_last, epochs=None, max_steps=steps), device, tmp)
     train = DeviceLoader(x, y, 128, CIFAR_MEAN, CIFAR_STD, device, shuffle=True, channels_last=channels_last)
     val = DeviceLoader(x[:8], y[:8], 8, CIFAR_MEAN, CIFAR_STD, device, channels_last=channels_last)
     batches = [(xb.clone(), yb.clone()) for xb, yb in train.batches(0)]  # the bare loop's data is ready-made
@@ -248,17 +251,8 @@ def bench_epoch(device: torch.device, rounds: int, images: int, precision: str, 
         def ours() -> float:
             tic = time.perf_counter()
             loaders = build_loaders(dataset, trainer_cfg, 0, device)  # reading the files is part of the epoch
-            cfg = TrainerConfig(
-                epochs=1,
-                batch_size=128,
-                log_every=10**9,
-                checkpoint=False,
-                figures=False,
-                precision=precision,
-                channels_last=channels_last,
-            )
             torch.manual_seed(0)
-            trainer = Trainer(cfg, device, Path(tmp))
+            trainer = Trainer(quiet_config(precision, channels_last, epochs=1), device, Path(tmp))
             model = trainer.prepare(ResNet(depth=20))
             opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
             (Path(tmp) / "history.jsonl").unlink(missing_ok=True)
