@@ -56,8 +56,8 @@ def run(ctx: Context) -> float:
         checkpoint.check_fits(model, ctx.resume["model"], run_dir / "checkpoints" / "last.pt")
     schedule = instantiate(cfg.scheduler)
     try:
-        test = loaders.test if trainer.cfg.eval_test else None
-        fit = trainer.fit(model, optimizer, schedule, loaders.train, loaders.val, cfg.task.monitor, ctx.resume, test)
+        curves = loaders.test if trainer.cfg.eval_test else None  # test-error curves only
+        fit = trainer.fit(model, optimizer, schedule, loaders.train, loaders.val, cfg.task.monitor, ctx.resume, curves)
     except DivergenceError as e:  # a result too: record it, so a sweep shows which settings diverged
         diverged = {
             "status": "diverged",
