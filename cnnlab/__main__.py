@@ -8,6 +8,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from cnnlab import CONF_DIR
 from cnnlab.errors import UserError
 from cnnlab.resolvers import register_resolvers
 
@@ -15,10 +16,7 @@ register_resolvers()
 
 
 # An absolute path: the `cnnlab` console script imports this module as a package, where a relative one fails.
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
-
-
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def app(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 
-def _plt() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,7 +20,7 @@ def _plt() -> Any:
 
 def training_curves(history: Sequence[dict[str, float]], path: Path) -> Path:
     """Loss and error of the training batches and the val split over optimizer steps."""
-    plt = _plt()
+    plt = pyplot()
     steps = [r["step"] for r in history]
     fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(10, 4))
     for split in ("train", "val"):
@@ -31,11 +31,11 @@ def training_curves(history: Sequence[dict[str, float]], path: Path) -> Path:
     for ax in (ax_loss, ax_err):
         ax.grid(alpha=0.3)
         ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def confusion_matrix(matrix: torch.Tensor, path: Path, title: str = "confusion matrix") -> Path:
-    plt = _plt()
+    plt = pyplot()
     n = matrix.shape[0]
     fig, ax = plt.subplots(figsize=(5.5, 5))
     ax.imshow(matrix.numpy(), cmap="Blues")
@@ -45,7 +45,7 @@ def confusion_matrix(matrix: torch.Tensor, path: Path, title: str = "confusion m
             color = "white" if value > matrix.max() / 2 else "black"
             ax.text(j, i, str(value), ha="center", va="center", fontsize=7, color=color)
     ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true", title=title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def box_grid(
@@ -60,7 +60,7 @@ def box_grid(
     """Images (N, C, H, W) uint8 with a heat map (N, H, W) in [0, 1] on top, true boxes in green (labels above)
     and predicted boxes in red (labels below); `truth` and each of `found` have .boxes and .labels, truth may
     be None (no boxes)."""
-    plt = _plt()
+    plt = pyplot()
     from matplotlib.patches import Rectangle
 
     n = len(images)
@@ -92,12 +92,12 @@ def box_grid(
         if captions:
             ax.set_title(captions[i], fontsize=7)
     fig.suptitle(title, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    _plt().close(fig)
+    pyplot().close(fig)
     return path

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from types import TracebackType
-from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -57,7 +56,7 @@ class Progress:
         else:
             log.info("step %d/%d epoch %d loss %.4f acc %.4f (%.0f img/s)", step, self.total, epoch, loss, acc, ips)
 
-    def note(self, message: str, **_: Any) -> None:
+    def note(self, message: str) -> None:
         if self.bar is not None:
             self.bar.console.log(message)
         else:

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.callbacks import sweep_statuses
 from cnnlab.errors import UserError
-from cnnlab.figures import _plt, _save
+from cnnlab.figures import pyplot, save_figure
 
 # model keys shown as their own columns; other overrides that vary across the sweep go into "setting"
 MODEL_COLUMNS = ("model.depth", "model.residual", "model.shortcut")
@@ -176,7 +176,7 @@ def error_vs_depth(rows: Sequence[Row], path: Path) -> Path | None:
             series.setdefault(_label(row), []).append(row)
     if not series:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for label, rs in sorted(series.items()):
         rs = sorted(rs, key=lambda r: r.key[0])
@@ -193,7 +193,7 @@ def error_vs_depth(rows: Sequence[Row], path: Path) -> Path | None:
     ax.set_xticks(sorted({r.key[0] for r in rows if r.key[0] is not None}))
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def training_curves(rows: Sequence[Row], path: Path) -> Path | None:
@@ -207,7 +207,7 @@ def training_curves(rows: Sequence[Row], path: Path) -> Path | None:
             panels.setdefault(_label(row), []).append(row)
     if not panels:
         return None
-    plt = _plt()
+    plt = pyplot()
     names = sorted(panels, key=lambda s: ("residual" in s, s))
     fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), sharey=True, squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
@@ -220,7 +220,7 @@ def training_curves(rows: Sequence[Row], path: Path) -> Path | None:
         ax.set(xlabel="iteration", ylabel="error (%)", title=f"{name}: dashed train, solid {split}")
         ax.grid(alpha=0.3)
         ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _label(row: Row) -> str:

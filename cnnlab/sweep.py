@@ -21,9 +21,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
+from cnnlab import CONF_DIR
 from cnnlab.errors import UserError
-
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 def hydra_grid(overrides: Sequence[str]) -> tuple[list[list[str]], list[str]]:

@@ -78,6 +78,15 @@ def quiet_config(precision: str, channels_last: bool | str, **kw: object) -> Tra
     )
 
 
+def bare_step(model, opt, xb: torch.Tensor, yb: torch.Tensor, precision: str, device: torch.device) -> None:
+    """The minimal hand-written PyTorch training step the Trainer is measured against."""
+    with autocast(precision, device):
+        loss = F.cross_entropy(model(xb).float(), yb)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
 def cifar_like(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g), torch.randint(
@@ -127,21 +136,17 @@ def measure_step(
         (tmp / "history.jsonl").unlink(missing_ok=True)
         return trainer.fit(model, opt, lambda **_: lambda s: 1.0, train, val)["train_img_per_s"]
 
-    def bare_step() -> float:
+    def bare_loop() -> float:
         model, opt = fresh()
         model.train()
         sync(device)
         tic = time.perf_counter()
         for xb, yb in batches:
-            with autocast(precision, device):
-                loss = F.cross_entropy(model(xb).float(), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            bare_step(model, opt, xb, yb, precision, device)
         sync(device)
         return len(x) / (time.perf_counter() - tic)
 
-    return alternate(cnnlab_step, bare_step, rounds)
+    return alternate(cnnlab_step, bare_loop, rounds)
 
 
 # ------------------------------------------------------------------------------------------------ 2. data
@@ -214,11 +219,7 @@ def step_time_ms(device: torch.device, precision: str, channels_last: bool, step
     for _ in range(steps + 1):
         sync(device)
         tic = time.perf_counter()
-        with autocast(precision, device):
-            loss = F.cross_entropy(model(xb).float(), yb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        bare_step(model, opt, xb, yb, precision, device)
         sync(device)
         times.append(time.perf_counter() - tic)
     return statistics.median(times[1:]) * 1000

@@ -16,8 +16,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from cnnlab import CONF_DIR
+
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
 
 
 def write_idx(path: Path, array: np.ndarray, gz: bool = False) -> Path:
@@ -74,7 +75,7 @@ def make_config(run_dir: Path, overrides: list[str]) -> DictConfig:
     from cnnlab.resolvers import register_resolvers
 
     register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[*overrides, f"hydra.run.dir={run_dir}"], return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(run_dir)

@@ -8,13 +8,12 @@ background is zero, and each chosen class gives the connected components above a
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab import figures
+from cnnlab import CONF_DIR, figures
 from cnnlab.cam import normalize_per_image, upsample_cells
 from cnnlab.data.build import trained_dataset
 from cnnlab.data.canvas import canvases_for
@@ -96,7 +95,7 @@ def check_task(task: DictConfig, monitors: list[str]) -> None:
 
 def _default(task: DictConfig, key: str) -> Any:
     """The value conf/task/<name>.yaml ships, to name in an error's fix."""
-    return OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "task" / f"{task.name}.yaml")[key]
+    return OmegaConf.load(CONF_DIR / "task" / f"{task.name}.yaml")[key]
 
 
 def batches(images: torch.Tensor, dataset: DictConfig, device: torch.device, size: int) -> Any:
