@@ -1,44 +1,30 @@
-"""`python -m cnnlab <overrides>` and the `cnnlab` console script: the Hydra entrypoint."""
+"""`python -m cnnlab <overrides>` and the `cnnlab` console script: the Hydra entrypoint.
+
+Hydra's own errors (a wrong type, an unknown key or group option) reach `main` and become cnnlab's one-line
+message with exit code 2, like every other config error; HYDRA_FULL_ERROR=1 shows them in full.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from cnnlab import CONF_DIR
+from cnnlab.config import explain, register, renamed
 from cnnlab.errors import UserError
-from cnnlab.resolvers import register_resolvers
 
-register_resolvers()
+register()
 
 
 # An absolute path: the `cnnlab` console script imports this module as a package, where a relative one fails.
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def app(cfg: DictConfig) -> float | None:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
+    from cnnlab.run import main_job
 
-    from cnnlab.run import run
-    from cnnlab.training.stop import Interrupted
-
-    try:
-        return run(cfg)
-    except Interrupted as e:  # SIGTERM or Ctrl-C: a checkpoint is written; say how to continue
-        print(f"cnnlab: {e}", file=sys.stderr)
-        if e.resume_command:
-            print(f"cnnlab: resume with: {e.resume_command}", file=sys.stderr)
-        sys.exit(e.exit_code)
-    except UserError as e:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # the sweep records this job as failed and goes on
-        from cnnlab.callbacks import write_status  # exiting here skips Hydra's on_job_end
-
-        write_status(Path(HydraConfig.get().runtime.output_dir), "failed", list(HydraConfig.get().overrides.task), e)
-        print(f"cnnlab: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    return main_job(cfg)
 
 
 def main() -> None:
@@ -47,7 +33,49 @@ def main() -> None:
 
         importlib.import_module(f"cnnlab.{sys.argv[1]}").main(sys.argv[2:])
         return
-    app()
+    sys.argv[1:] = [rename_deprecated(a) for a in sys.argv[1:]]
+    full_errors = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing, so we can say it in one line
+    try:
+        app()
+    except Exception as e:
+        if full_errors:
+            raise
+        fail(e)
+
+
+def rename_deprecated(arg: str) -> str:
+    new = renamed(arg)
+    if new is None:
+        return arg
+    print(
+        f"cnnlab: warning: {arg.split('=')[0].lstrip('+~')} is now {new.split('=')[0].lstrip('+~')} "
+        "(the old name works until cnnlab 0.3)",
+        file=sys.stderr,
+    )
+    return new
+
+
+def fail(error: Exception) -> None:
+    """Print an error Hydra raised before or around the job as one line; a bug keeps its traceback."""
+    from hydra.errors import CompactHydraException, HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    mapped = explain(error, [a for a in sys.argv[1:] if not a.startswith("-")])
+    if mapped is not None:
+        print(f"cnnlab: error: {mapped}", file=sys.stderr)
+        sys.exit(2)
+    if isinstance(error, UserError):
+        print(f"cnnlab: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    if isinstance(error, (CompactHydraException, HydraException, OmegaConfBaseException)):
+        text = " ".join(str(error).split())  # one line
+        cause = error.__cause__
+        if isinstance(cause, OmegaConfBaseException):
+            text += f" ({' '.join(str(cause).split()[:40])})"
+        print(f"cnnlab: error: {text}", file=sys.stderr)
+        sys.exit(2 if not isinstance(error, CompactHydraException) or "job" not in type(error).__name__.lower() else 1)
+    raise error
 
 
 if __name__ == "__main__":

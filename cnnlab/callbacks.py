@@ -11,6 +11,7 @@ import atexit
 import json
 import pickle
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,18 @@ class JobFailed(CompactHydraException):
     """Stands in for a job's exception: Hydra prints it as one line (the details are in status.json)."""
 
 
-def write_status(job_dir: Path, status: str, overrides: list[str], error: BaseException | None = None) -> None:
-    record: dict[str, Any] = {"status": status, "overrides": overrides}
+# running | completed | failed | interrupted (with step and resume command) | diverged (with step) |
+# rejected (an error before any work: the report skips the dir)
+
+
+def write_status(
+    job_dir: Path, status: str, overrides: Sequence[str], error: BaseException | None = None, **fields: Any
+) -> None:
+    record: dict[str, Any] = {"status": status, "overrides": list(overrides), **fields}
     if error is not None:
         record["error"] = f"{type(error).__name__}: {error}"
-        record["traceback"] = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        if status == "failed":  # an unexpected failure: keep where it happened
+            record["traceback"] = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     job_dir.mkdir(parents=True, exist_ok=True)
     write_json(job_dir / STATUS_FILE, record)
 
@@ -50,14 +58,18 @@ class JobStatusCallback(Callback):
     """Writes status.json (running, completed or failed with the error) for every job, in its own process."""
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
-        write_status(_job_dir(config), "running", _overrides(config))
+        previous = read_status(_job_dir(config))  # a resumed run: kept, in case the resume is refused
+        kept = {"previous": previous} if previous and previous.get("status") != "running" else {}
+        write_status(_job_dir(config), "running", _overrides(config), **kept)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if job_return.status == JobStatus.COMPLETED:
             write_status(_job_dir(config), "completed", _overrides(config))
             return
         error = job_return._return_value  # the job's exception; `.return_value` would raise it
-        write_status(_job_dir(config), "failed", _overrides(config), error)
+        recorded = read_status(_job_dir(config)) or {}
+        if recorded.get("status") not in ("diverged", "interrupted"):  # the job said it more precisely
+            write_status(_job_dir(config), "failed", _overrides(config), error)
         if isinstance(error, UserError) or not _picklable(error):
             # a UserError needs no traceback; a worker pickles the exception, and one that can't be would abort
             # the whole sweep
@@ -99,7 +111,7 @@ def print_summary(sweep_dir: Path) -> None:
 
     console = Console(stderr=True, soft_wrap=True)
     statuses = sweep_statuses(sweep_dir)
-    failed = {job: s for job, s in statuses.items() if s is not None and s["status"] == "failed"}
+    failed = {job: s for job, s in statuses.items() if s is not None and s["status"] in ("failed", "diverged")}
     done = sum(1 for s in statuses.values() if s is not None and s["status"] == "completed")
     unfinished = len(statuses) - done - len(failed)
     style = "bold red" if failed or unfinished else "bold green"
@@ -111,7 +123,8 @@ def print_summary(sweep_dir: Path) -> None:
     )
     for job, status in failed.items():
         console.print(
-            f"  [red]failed[/] {job.relative_to(sweep_dir)}: {' '.join(status['overrides'])}", highlight=False
+            f"  [red]{status['status']}[/] {job.relative_to(sweep_dir)}: {' '.join(status['overrides'])}",
+            highlight=False,
         )
         console.print(f"         {status['error']}", markup=False, highlight=False)
     console.print(f"report: cnnlab report {sweep_dir}", highlight=False)

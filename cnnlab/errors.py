@@ -26,3 +26,15 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint is missing, corrupt, unsafe, or does not fit the model."""
+
+
+class BadArgument(ValueError):
+    """A library function's argument is out of range. Library code knows nothing of config keys: the config
+    boundary (cnnlab.tasks.parts) says it as a ConfigError about the key the value came from."""
+
+    def __init__(self, name: str, value: object, allowed: str, suggestion: object = None) -> None:
+        self.name, self.value, self.allowed, self.suggestion = name, value, allowed, suggestion
+        super().__init__(f"{name}={value!r} is not allowed: {allowed}")
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.name, self.value, self.allowed, self.suggestion)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import box_iou
 
-from cnnlab.errors import ConfigError
+from cnnlab.errors import BadArgument
 
 POOLINGS = ("window", "topk", "max", "mean")
 RANKINGS = ("peak", "area")
@@ -35,7 +35,7 @@ def pool_scores(maps: torch.Tensor, pooling: str, window: int = 7, topk: int = 1
     if pooling == "topk":
         k = min(topk, maps.shape[2] * maps.shape[3])
         return maps.flatten(2).topk(k, dim=2).values.mean(dim=2)
-    raise ConfigError("task.pooling", pooling, f"one of {', '.join(POOLINGS)}", "task.pooling=window")
+    raise BadArgument("pooling", pooling, f"one of {', '.join(POOLINGS)}", "window")
 
 
 def connected_components(mask: torch.Tensor) -> torch.Tensor:
@@ -78,7 +78,7 @@ def regions(
     A map with nothing above zero has no regions.
     """
     if rank not in RANKINGS:
-        raise ConfigError("task.rank", rank, f"one of {', '.join(RANKINGS)}", "task.rank=peak")
+        raise BadArgument("rank", rank, f"one of {', '.join(RANKINGS)}", "peak")
     if heat.max() <= 0:  # nothing above background
         return Regions(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long))
     labels = connected_components(heat >= threshold * heat.max())

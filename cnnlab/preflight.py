@@ -1,8 +1,9 @@
-"""Checks Hydra runs before it creates the run dir: where the run writes, and which run trainer.resume continues.
+"""Checks before Hydra creates the run dir: the config's ranges, where the run writes, which run a resume continues.
 
-A Hydra callback, because these must happen before Hydra writes .hydra/ into a run dir: a resumed run goes
-into the original run dir (and keeps its .hydra/ as the record of how the run was started), and an output
-dir that cannot be written fails with one clear line instead of a traceback from inside Hydra.
+A Hydra callback, because these must happen before Hydra writes .hydra/ into a run dir: a bad value stops
+the run with nothing written; a resumed run goes into the original run dir (and keeps its .hydra/ as the
+record of how the run was started); an output dir that cannot be written fails with one clear line.
+A multirun checks every value its sweep will try, so a typo in the grid fails before the first job.
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from cnnlab.config import validate
 from cnnlab.errors import UserError
 
 
 class Preflight(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
-            spec = config.trainer.get("resume") if "trainer" in config else None
+            validate(config)
+            spec = config.runtime.get("resume") if "runtime" in config else None
             if spec:
                 self._continue_run(config, str(spec))
             ensure_writable(Path(str(config.hydra.run.dir)))
@@ -32,19 +35,19 @@ class Preflight(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
-            if "trainer" in config and config.trainer.get("resume"):
+            if "runtime" in config and config.runtime.get("resume"):
                 raise UserError(
-                    "trainer.resume continues one run: run `python -m cnnlab <that job's overrides> "
-                    "trainer.resume=<its job dir>` without -m, once per job to continue."
+                    "runtime.resume continues one run: run `python -m cnnlab <that job's overrides> "
+                    "runtime.resume=<its job dir>` without -m, once per job to continue."
                 )
+            check_sweep(config)
             ensure_writable(Path(str(config.hydra.sweep.dir)))
         except UserError as e:
             fail(e)
 
     @staticmethod
     def _continue_run(config: DictConfig, spec: str) -> None:
-        from cnnlab import resume
-        from cnnlab.training import checkpoint
+        from cnnlab import checkpoint, resume
 
         HydraConfig.instance().set_config(config)  # lets ${hydra:...} resolve below
         path = resume.find_checkpoint(spec, Path(str(config.paths.output_dir)), list(config.hydra.overrides.task))
@@ -52,10 +55,33 @@ class Preflight(Callback):
         with read_write(task), open_dict(task):
             del task["hydra"]
         resume.check_same_run(checkpoint.load(path)["config"], OmegaConf.to_container(task, resolve=True), path)  # type: ignore[arg-type]
-        with read_write(config.hydra), read_write(config.hydra.run), read_write(config.trainer):
+        with read_write(config.hydra), read_write(config.hydra.run), read_write(config.runtime):
             config.hydra.run.dir = str(resume.run_dir_of(path))
             config.hydra.output_subdir = ".hydra/resume"  # .hydra/ keeps the config the run started with
-            config.trainer.resume = str(path)
+            config.runtime.resume = str(path)
+
+
+def check_sweep(config: DictConfig) -> None:
+    """Validate every value the sweep will set: each swept key in turn, on the base config."""
+    import yaml
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from cnnlab.config import bad_type
+
+    validate(config)
+    params = config.hydra.sweeper.get("params") or {}
+    lines = [*(f"{k}={v}" for k, v in params.items()), *config.hydra.overrides.task]
+    for override in OverridesParser.create().parse_overrides(lines):
+        key = override.get_key_element()
+        if not override.is_sweep_override() or key.startswith("hydra") or "." not in key and key != "seed":
+            continue  # group choices (model=mlp,resnet) are checked as each job composes
+        for value in override.sweep_string_iterator():
+            trial = copy.deepcopy(config)
+            try:
+                OmegaConf.update(trial, key, yaml.safe_load(value), merge=False)
+            except Exception:
+                raise bad_type(key, value) from None
+            validate(trial)
 
 
 def ensure_writable(folder: Path) -> None:

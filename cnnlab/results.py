@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,14 +60,23 @@ def _format(value: Any) -> str:
     return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.4f}"
 
 
-def class_table(matrix: torch.Tensor, scores: dict[str, float]) -> None:
+def class_table(matrix: torch.Tensor, scores: dict[str, float], names: Sequence[str] | None = None) -> Table:
+    """Precision, recall, F1 and support per class, as a rich table."""
     table = Table(title="per class", show_header=True)
     for column in ("class", "precision", "recall", "f1", "support"):
         table.add_column(column, justify="right")
     for c in range(matrix.shape[0]):
         table.add_row(
-            str(c),
+            str(names[c]) if names is not None else str(c),
             *(f"{scores[f'class{c}_{k}']:.4f}" for k in ("precision", "recall", "f1")),
             str(int(matrix[c].sum())),
         )
-    Console(stderr=True).print(table)
+    return table
+
+
+def flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one level of dotted keys: {"a": {"b": 1}} -> {"a.b": 1}."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out |= flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+    return out

@@ -1,8 +1,8 @@
-"""trainer.resume=<run dir | checkpoint | auto>: find the checkpoint a stopped run left, and check it is this run.
+"""runtime.resume=<run dir | checkpoint | auto>: find the checkpoint a stopped run left, and check it is this run.
 
 A resumed run continues in the run dir of the original (history, checkpoints, W&B run), so it ends exactly
 as if it had never stopped. `auto` picks the newest run dir under paths.output_dir that was started with the
-same overrides (trainer.resume aside) and has a checkpoint.
+same overrides (runtime.resume aside) and has a checkpoint.
 """
 
 from __future__ import annotations
@@ -14,26 +14,26 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from cnnlab.config import MOVED
 from cnnlab.errors import CheckpointError, ConfigError
+from cnnlab.results import flat
 
 ALLOWED = "a run dir, <run dir>/checkpoints/last.pt, or auto"
-# Keys that may change on resume because they do not change what is computed: where and how it runs.
-FREE_KEYS = (
-    "trainer.resume",
-    "trainer.device",
-    "trainer.threads",
-    "trainer.log_every",
-    "trainer.checkpoint_every",
-    "trainer.figures",
-    "dataset.root",
-    "dataset.download",
-    "logger",
-    "paths",
-)
+# What does not change the result (how and where this machine runs it) may change on resume: the runtime
+# group, the logger, the output paths and where the data lies; the checkpoint to evaluate (other tasks).
+FREE = ("runtime", "logger", "paths", "dataset.root", "dataset.download", "dataset.classes", "checkpoint")
+
+
+def _differs(key: str, before: dict[str, Any], now: dict[str, Any]) -> bool:
+    if any(key == k or key.startswith(k + ".") for k in FREE):
+        return False
+    if key not in before:  # a key added to cnnlab since the checkpoint was written: same result at its neutral value
+        return now.get(key) not in (None, 0, False)
+    return before[key] != now.get(key, "<unset>")
 
 
 def find_checkpoint(spec: str, output_dir: Path, overrides: Sequence[str]) -> Path:
-    """The checkpoint `trainer.resume=spec` points at; it lies in <run dir>/checkpoints/."""
+    """The checkpoint `runtime.resume=spec` points at; it lies in <run dir>/checkpoints/."""
     if spec == "auto":
         return newest_matching(output_dir, overrides)
     path = Path(spec)
@@ -41,13 +41,13 @@ def find_checkpoint(spec: str, output_dir: Path, overrides: Sequence[str]) -> Pa
         path = path / "checkpoints" / "last.pt"
         if not path.is_file():
             raise CheckpointError(
-                f"trainer.resume={spec}: {path} does not exist; the run stopped before its first checkpoint "
-                "(or ran with trainer.checkpoint=false). Start it again without trainer.resume."
+                f"runtime.resume={spec}: {path} does not exist; the run stopped before its first checkpoint "
+                "(or ran with trainer.checkpoint=false). Start it again without runtime.resume."
             )
         return path
     if path.is_file() and path.parent.name == "checkpoints":
         return path
-    raise ConfigError("trainer.resume", spec, ALLOWED, "trainer.resume=auto")
+    raise ConfigError("runtime.resume", spec, ALLOWED, "runtime.resume=auto")
 
 
 def run_dir_of(checkpoint: Path) -> Path:
@@ -55,7 +55,7 @@ def run_dir_of(checkpoint: Path) -> Path:
 
 
 def without_resume(overrides: Iterable[str]) -> list[str]:
-    return [o for o in overrides if not o.startswith("trainer.resume=")]
+    return [o for o in overrides if not o.lstrip("+~").startswith(("runtime.resume=", "trainer.resume="))]
 
 
 def comparable(overrides: Iterable[str]) -> list[str]:
@@ -74,30 +74,20 @@ def newest_matching(output_dir: Path, overrides: Sequence[str]) -> Path:
     if not found:
         shown = " ".join(wanted) or "(none)"
         raise CheckpointError(
-            f"trainer.resume=auto: no run under {output_dir} was started with the overrides {shown} and has a "
-            "checkpoint to resume. Pass the run dir instead: trainer.resume=<run dir>."
+            f"runtime.resume=auto: no run under {output_dir} was started with the overrides {shown} and has a "
+            "checkpoint to resume. Pass the run dir instead: runtime.resume=<run dir>."
         )
     return max(found, key=lambda p: p.stat().st_mtime)
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        out |= _flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
-    return out
-
-
 def check_same_run(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
     """Refuse to resume a checkpoint with a config that would compute something else (another model, lr...)."""
-    before, now = _flat(saved), _flat(current)
+    before = {MOVED.get(k, k): v for k, v in flat(saved).items()}  # checkpoints of 0.1 kept runtime keys in trainer
+    now = flat(current)
     differ = [
         f"{key}: {before.get(key, '<unset>')!r} in the checkpoint, {now.get(key, '<unset>')!r} now"
         for key in sorted(before.keys() | now.keys())
-        if before.get(key) != now.get(key)
-        and now.get(key) != "auto"  # the checkpoint stores what `auto` became (precision, layout)
-        and not any(key == k or key.startswith(k + ".") for k in FREE_KEYS)
+        if _differs(key, before, now)
     ]
     if differ:
         original = run_dir_of(path) / ".hydra" / "overrides.yaml"
@@ -115,5 +105,5 @@ def check_same_run(saved: dict[str, Any], current: dict[str, Any], path: Path) -
 
 def resume_command(overrides: Sequence[str], run_dir: Path) -> str:
     """The command line that continues this run."""
-    args = [*without_resume(overrides), f"trainer.resume={run_dir}"]
+    args = [*without_resume(overrides), f"runtime.resume={run_dir}"]
     return "python -m cnnlab " + " ".join(shlex.quote(a) for a in args)

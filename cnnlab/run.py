@@ -1,6 +1,8 @@
-"""One run: validate the config, seed, pick the device and threads, start the logger, dispatch the task.
+"""One run: check the config, seed, pick the device and threads, start the logger, run the task, publish.
 
-The logger is always finished here, also when the task raises, so jobs of a multirun never share a run.
+`main_job` is the Hydra job: it records how the run ended in status.json (completed, failed, interrupted,
+diverged, or rejected: stopped by an error before any work) and says it in one line. The logger is always
+finished here, also when the task raises, so jobs of a multirun never share a run.
 """
 
 from __future__ import annotations
@@ -8,180 +10,161 @@ from __future__ import annotations
 import logging
 import os
 import random
-from dataclasses import dataclass
+import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab import resume, tasks
+from cnnlab import checkpoint, resume, tasks
+from cnnlab.callbacks import read_status, write_status
+from cnnlab.config import validate
 from cnnlab.errors import ConfigError, UserError
+from cnnlab.tasks.context import Context, RunInfo
+from cnnlab.tasks.parts import build
+from cnnlab.tasks.publish import publish, run_name
 from cnnlab.tracking import NullLogger
-from cnnlab.training import checkpoint
 from cnnlab.training.stop import Interrupted, stop
-from cnnlab.training.trainer import TrainerConfig
+from cnnlab.training.trainer import DivergenceError
 
 log = logging.getLogger("cnnlab")
 
 
-@dataclass
-class Context:
-    """What every task gets: the composed config and the run's resources."""
+def main_job(cfg: DictConfig) -> float:
+    """Run; a UserError or a signal becomes a status record, one line on stderr and an exit code."""
+    info = run_info(cfg)
+    try:
+        return run(cfg, info)
+    except Interrupted as e:  # SIGTERM or Ctrl-C: a checkpoint is written; say how to continue
+        write_status(info.run_dir, "interrupted", info.overrides, e, step=e.step, resume_command=e.resume_command)
+        print(f"cnnlab: {e}", file=sys.stderr)
+        if e.resume_command:
+            print(f"cnnlab: resume with: {e.resume_command}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except DivergenceError as e:
+        write_status(info.run_dir, "diverged", info.overrides, e, step=e.state.step)
+        if info.multirun:
+            raise  # the sweep lists this job as failed and goes on
+        print(f"cnnlab: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except UserError as e:
+        if info.multirun:
+            raise
+        previous = (read_status(info.run_dir) or {}).get("previous")
+        if info.resumed and previous:  # the run dir is the original run's: keep its record
+            write_status(info.run_dir, previous.pop("status"), previous.pop("overrides", []), **previous)
+        else:  # nothing ran: the report skips this dir
+            write_status(info.run_dir, "rejected", info.overrides, e)
+        print(f"cnnlab: error: {e}", file=sys.stderr)
+        sys.exit(2)
 
-    cfg: DictConfig
-    run_dir: Path
-    device: torch.device
-    logger: NullLogger
-    resume: dict[str, Any] | None = None  # the checkpoint state trainer.resume continues from
 
+def run_info(cfg: DictConfig) -> RunInfo:
+    """What Hydra knows about this run: read here, once."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
-def run(cfg: DictConfig) -> float:
-    validate(cfg)
-    device = resolve_device(str(cfg.trainer.device))
-    torch.set_num_threads(thread_count(cfg.trainer.threads))
-    log.info("device %s, %d torch threads", device, torch.get_num_threads())
-    seed_everything(int(cfg.seed))
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    state = None
-    if cfg.trainer.get("resume"):
-        run_dir, state = load_resume(cfg)
-    print_config(cfg)
-    logger: NullLogger = build(cfg.logger)
-    task = tasks.get(cfg.task.name)
-    resume_id = state.get("wandb_id") if state else None
-    logger.start(
-        config_dict(cfg), run_dir, run_name(cfg), group=sweep_group(), resume_id=resume_id, tags=override_tags()
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    n_jobs = hc.launcher.get("n_jobs") if multirun else None
+    cpus = hc.launcher.get("cpus_per_task") if multirun else None
+    return RunInfo(
+        run_dir=Path(hc.runtime.output_dir),
+        overrides=tuple(hc.overrides.task),
+        multirun=multirun,
+        sweep_dir=Path(hc.sweep.dir) if multirun else None,
+        parallel_jobs=cores() if n_jobs is not None and n_jobs < 0 else int(n_jobs or 1),
+        cpus_per_task=int(cpus) if cpus else None,
+        resumed=bool(cfg.runtime.get("resume")),
     )
+
+
+def run(cfg: DictConfig, info: RunInfo | None = None) -> float:
+    info = info or run_info(cfg)
+    validate(cfg)
+    device = resolve_device(str(cfg.runtime.device))
+    if cfg.trainer.precision == "16" and device.type != "cuda":
+        raise ConfigError(
+            "trainer.precision", "16", "32 or bf16 on the CPU (fp16 needs a GPU)", "trainer.precision=bf16"
+        )
+    torch.set_num_threads(thread_count(cfg.runtime.threads, info))
+    threads = torch.get_num_threads()
+    log.info("device %s, %d torch thread%s", device, threads, "" if threads == 1 else "s")
+    seed_everything(int(cfg.seed))
+    state = None
+    if cfg.runtime.resume:
+        info, state = load_resume(cfg, info)
+    print_config(cfg)
+    logger: NullLogger = build(cfg.logger, "logger")
+    task = tasks.get(cfg.task.name)
+    ctx = Context(cfg, info, device, logger, resume=state)
+    resume_id = state.get("wandb_id") if state else None
+    name = run_name(cfg.model, cfg.seed)
+    logger.start(ctx.resolved(), info.run_dir, name, group=info.sweep_group(), resume_id=resume_id, tags=info.tags())
     exit_code = 1
     try:
         with stop.handling():
-            result = task(Context(cfg, run_dir, device, logger, resume=state))
+            result = task(ctx)
+            value = publish(result, ctx)
+        if result.error is not None:
+            raise result.error
         exit_code = 0
-        return result
+        return value
     except Interrupted as e:
         exit_code = e.exit_code
         logger.summary({"status": "interrupted", "interrupted_by": e.signal_name, "interrupted_at_step": e.step})
-        e.resume_command = resume.resume_command(HydraConfig.get().overrides.task, run_dir)
+        e.resume_command = resume.resume_command(info.overrides, info.run_dir)
         raise
     finally:
         logger.finish(exit_code)
 
 
-def load_resume(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
-    """The run dir and checkpoint state trainer.resume continues (the Preflight callback already chose it)."""
-    path = resume.find_checkpoint(str(cfg.trainer.resume), Path(cfg.paths.output_dir), HydraConfig.get().overrides.task)
+def load_resume(cfg: DictConfig, info: RunInfo) -> tuple[RunInfo, dict[str, Any]]:
+    """The run and checkpoint state runtime.resume continues (the Preflight callback already chose it)."""
+    path = resume.find_checkpoint(str(cfg.runtime.resume), Path(cfg.paths.output_dir), info.overrides)
     state = checkpoint.load(path)
-    resume.check_same_run(state["config"], config_dict(cfg), path)
+    resume.check_same_run(state["config"], OmegaConf.to_container(cfg, resolve=True), path)  # type: ignore[arg-type]
     for stale in path.parent.glob(".*.tmp"):  # left by a kill during a checkpoint write
         stale.unlink()
-    log.info("resuming %s from step %d", resume.run_dir_of(path), state["progress"]["step"])
-    return resume.run_dir_of(path), state
-
-
-def build(node: DictConfig) -> Any:
-    """hydra.utils.instantiate, with our own config errors raised as they are (Hydra wraps them in its own)."""
-    try:
-        return instantiate(node)
-    except Exception as e:
-        cause = e.__cause__
-        if isinstance(cause, UserError):
-            raise cause from None
-        raise
-
-
-def validate(cfg: DictConfig) -> None:
-    """Checks that need no data, so a typo fails in a second, before anything is written."""
-    if not isinstance(cfg.seed, int):
-        raise ConfigError("seed", cfg.seed, "an integer", "seed=0")
-    lr = cfg.optimizer.get("lr")
-    if not isinstance(lr, (int, float)) or lr <= 0:
-        raise ConfigError("optimizer.lr", lr, "a positive number", "optimizer.lr=0.1")
-    TrainerConfig.from_config(cfg.trainer)
-    if "_target_" in cfg.model:
-        build(cfg.model)  # depth, width, shortcut...: fail before data is read or a W&B run starts
-    instantiate(cfg.scheduler)(steps_per_epoch=1, total_steps=1)
-    if cfg.dataset.name == "mnist_sample" or cfg.dataset.root is None:
-        return
-    root = Path(cfg.dataset.root)
-    if root.exists() and not root.is_dir():
-        raise ConfigError("dataset.root", str(root), "a directory", "dataset.root=DIR")
+    step = state["train_state"]["step"] if "train_state" in state else state["progress"]["step"]
+    log.info("resuming %s from step %d", resume.run_dir_of(path), step)
+    return replace(info, run_dir=resume.run_dir_of(path), resumed=True), state
 
 
 def resolve_device(spec: str) -> torch.device:
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise ConfigError("trainer.device", spec, "auto, cpu, cuda or cuda:N", "trainer.device=auto") from None
+    device = torch.device(spec)  # the schema allows auto, cpu, cuda and cuda:N only
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(
-                "trainer.device", spec, "auto or cpu: this machine has no CUDA GPU", "trainer.device=auto"
+                "runtime.device", spec, "auto or cpu: this machine has no CUDA GPU", "runtime.device=auto"
             )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError("trainer.device", spec, f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-    elif device.type != "cpu":
-        raise ConfigError("trainer.device", spec, "auto, cpu, cuda or cuda:N", "trainer.device=auto")
+            raise ConfigError("runtime.device", spec, f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return device
 
 
-def thread_count(threads: int | None) -> int:
-    """trainer.threads, or the cores divided by the jobs running in parallel (joblib launcher)."""
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def thread_count(threads: int | None, info: RunInfo) -> int:
+    """runtime.threads, or the cores divided by the jobs running in parallel (joblib launcher)."""
     if threads is not None:
-        if threads <= 0:
-            raise ConfigError("trainer.threads", threads, "a positive integer or null", "trainer.threads=null")
         return int(threads)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    jobs = 1
-    hc = HydraConfig.get()
-    if hc.mode == RunMode.MULTIRUN:
-        cpus_per_task = hc.launcher.get("cpus_per_task")  # submitit: the cores each job was given
-        if cpus_per_task:
-            return int(cpus_per_task)
-        n_jobs = hc.launcher.get("n_jobs")
-        jobs = cores if n_jobs is not None and n_jobs < 0 else int(n_jobs or 1)
-    return max(1, cores // max(1, jobs))
+    if info.cpus_per_task:  # submitit: the cores each job was given
+        return info.cpus_per_task
+    return max(1, cores() // max(1, info.parallel_jobs))
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def run_name(cfg: DictConfig) -> str:
-    """A readable name from the config, e.g. resnet56-plain-s1 or mlp-s0."""
-    m = cfg.model
-    if "depth" in m:
-        kind = "res" if m.residual else "plain"
-        return f"resnet{m.depth}-{kind}-s{cfg.seed}"
-    return f"{str(m._target_).rsplit('.', 1)[-1].lower()}-s{cfg.seed}"
-
-
-def on_command_line(key: str) -> bool:
-    """Whether this run's command line sets `key` (key=, +key=, ++key=)."""
-    return any(o.lstrip("+~").startswith(f"{key}=") for o in HydraConfig.get().overrides.task)
-
-
-def override_tags() -> list[str]:
-    """W&B tags from the command line's overrides (e.g. model.depth=56), to filter the runs of a sweep."""
-    overrides = HydraConfig.get().overrides.task
-    return [o for o in overrides if len(o) <= 64 and not o.lstrip("+~").startswith(("hydra", "paths."))]
-
-
-def sweep_group() -> str | None:
-    """Jobs of one multirun share a W&B group named after the sweep dir."""
-    hc = HydraConfig.get()
-    if hc.mode != RunMode.MULTIRUN:
-        return None
-    sweep = Path(hc.sweep.dir)
-    return f"{sweep.parent.name}/{sweep.name}"
 
 
 def print_config(cfg: DictConfig) -> None:
@@ -194,7 +177,3 @@ def print_config(cfg: DictConfig) -> None:
         text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
         tree.add(str(key)).add(Syntax(text.rstrip(), "yaml", theme="ansi_dark"))
     Console(stderr=True).print(tree)
-
-
-def config_dict(cfg: DictConfig) -> dict[str, Any]:
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

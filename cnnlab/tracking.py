@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cnnlab.errors import CheckpointError, ConfigError
+from cnnlab.errors import BadArgument, CheckpointError
 
 
 class NullLogger:
@@ -63,7 +63,7 @@ class WandbLogger(NullLogger):
         log_checkpoints: bool = True,
     ) -> None:
         if mode not in self.MODES:
-            raise ConfigError("logger.mode", mode, "offline, online or disabled", "logger.mode=offline")
+            raise BadArgument("mode", mode, "offline, online or disabled", "offline")
         self.mode, self.project, self.entity, self.group = mode, project, entity, group
         self.tags, self.name = list(tags or []), name
         self.watch_cfg = dict(watch or {})

@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cnnlab.data.build import build_loaders  # noqa: E402
+
 from cnnlab.data.loader import DeviceLoader  # noqa: E402
 from cnnlab.data.sources import load_cifar10  # noqa: E402
 from cnnlab.models.resnet import ResNet  # noqa: E402
@@ -310,9 +311,9 @@ def bench_startup(rounds: int) -> None:
                     "-m",
                     "cnnlab",
                     f"hydra.run.dir={tmp}",
-                    "trainer.log_every=1",
+                    "runtime.log_every=1",
                     "trainer.max_steps=1",
-                    "trainer.figures=false",
+                    "runtime.figures=false",
                 ],
                 cwd=ROOT,
                 env=env,

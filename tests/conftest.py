@@ -72,9 +72,9 @@ def write_cifar10(root: Path, per_batch: int = 40, n_test: int = 50) -> Path:
 
 def make_config(run_dir: Path, overrides: list[str]) -> DictConfig:
     """Compose the app's config as `python -m cnnlab <overrides>` would, with the run dir set."""
-    from cnnlab.resolvers import register_resolvers
+    from cnnlab.config import register
 
-    register_resolvers()
+    register()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[*overrides, f"hydra.run.dir={run_dir}"], return_hydra_config=True)
     with open_dict(cfg):
@@ -93,7 +93,7 @@ def run_app(run_dir: Path, *overrides: str) -> float:
 
     defaults = [
         d
-        for d in ("logger=none", "trainer.threads=1")
+        for d in ("logger=none", "runtime.threads=1")
         if not any(o.startswith(d.split("=")[0] + "=") for o in overrides)
     ]
     return run(make_config(run_dir, [*defaults, *overrides]))

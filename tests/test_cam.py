@@ -63,7 +63,7 @@ def test_cam_end_to_end_on_canvases(tmp_path, mnist_checkpoint, method):  # noqa
     )
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert result == metrics["loc_acc"]
-    assert metrics["canvases"] == 8 and metrics["method"] == method and metrics["threshold"] == 0.2
+    assert metrics["canvases"] == 8 and metrics["task.method"] == method and metrics["task.threshold"] == 0.2
     for key in ("cls_acc", "loc_acc", "mean_iou", "pointing_acc"):
         assert 0.0 <= metrics[key] <= 1.0
     assert (tmp_path / "figures" / "cam.png").read_bytes()[:4] == b"\x89PNG"
@@ -71,11 +71,11 @@ def test_cam_end_to_end_on_canvases(tmp_path, mnist_checkpoint, method):  # noqa
 
 def test_cam_overlays_on_cifar_test_images(tmp_path, cifar_checkpoint):  # noqa: F811
     overrides = ["task=cam", f"checkpoint={cifar_checkpoint}", "task.figure_count=6"]
-    with pytest.raises(ConfigError, match="task.monitor"):  # no boxes on test images: only cls_acc
-        run_app(tmp_path / "a", *overrides, "task.source=test")
+    with pytest.raises(ConfigError, match="task.monitor='loc_acc'.*source=test"):  # no boxes on test images
+        run_app(tmp_path / "a", *overrides, "task.source=test", "task.monitor=loc_acc")
     with pytest.raises(ConfigError, match="MNIST-family"):
         run_app(tmp_path / "b", *overrides)
-    result = run_app(tmp_path / "c", *overrides, "task.source=test", "task.monitor=cls_acc")
+    result = run_app(tmp_path / "c", *overrides, "task.source=test")  # the monitor follows the source: cls_acc
     metrics = json.loads((tmp_path / "c" / "metrics.json").read_text())
     assert metrics["images"] == 50 and metrics["dataset"] == "cifar10" and result == metrics["cls_acc"]
     assert (tmp_path / "c" / "figures" / "cam.png").is_file()
@@ -98,5 +98,5 @@ def test_cam_refuses_a_model_without_convolutional_features(tmp_path):
 
 
 def trained_checkpoint_mlp(tmp_path):
-    run_app(tmp_path / "mlp", "model=mlp", "trainer.max_steps=1", "trainer.figures=false")
+    run_app(tmp_path / "mlp", "model=mlp", "trainer.max_steps=1", "runtime.figures=false")
     return tmp_path / "mlp" / "checkpoints" / "best.pt"

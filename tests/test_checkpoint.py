@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 
+from cnnlab import checkpoint
 from cnnlab.errors import CheckpointError
 from cnnlab.models.resnet import ResNet
-from cnnlab.training import checkpoint
+from cnnlab.tasks.parts import restore_model
 
 
 def test_kill_during_a_checkpoint_write_leaves_the_previous_one_intact(tmp_path):
@@ -108,7 +109,7 @@ def test_restore_model_refuses_a_malicious_checkpoint(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"format": checkpoint.FORMAT, "config": Payload(marker)}, path)
     with pytest.raises(CheckpointError, match="refused"):
-        checkpoint.restore_model(str(path), torch.device("cpu"), tmp_path)
+        restore_model(str(path), torch.device("cpu"), tmp_path)
     assert not marker.exists()
 
 

@@ -1,12 +1,18 @@
 import pickle
+import socket
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from urllib.error import URLError
 
 import numpy as np
 import pytest
 import torch
+from torchvision import datasets
 
 from cnnlab.data import sources
 from cnnlab.data.loader import DeviceLoader, split_train_val
-from cnnlab.errors import ConfigError, DataError
+from cnnlab.errors import DataError
 from tests.conftest import synthetic_digits, write_cifar10, write_idx, write_mnist
 
 
@@ -42,7 +48,95 @@ def test_corrupt_gzip_is_a_clear_error(tmp_path):
 def test_missing_files_name_what_is_expected(tmp_path):
     with pytest.raises(DataError) as e:
         sources.load("mnist", tmp_path, download=False)
-    assert "train-images-idx3-ubyte" in str(e.value) and "dataset.root" in str(e.value)
+    message = str(e.value)
+    assert "train-images-idx3-ubyte[.gz]" in message and "t10k-labels-idx1-ubyte[.gz]" in message
+    assert str(tmp_path) in message and str(tmp_path / "MNIST" / "raw") in message
+    assert "dataset." not in message and "\n" not in message  # the config boundary adds the override hint
+
+
+def test_idx_labels_out_of_range_name_the_file(tmp_path):
+    write_mnist(tmp_path, n_train=20, n_test=5, gz=True)
+    labels = np.array([3, 200, 1, 0, 9], dtype=np.uint8)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", labels, gz=True)
+    with pytest.raises(DataError) as e:
+        sources.load("fashion_mnist", tmp_path)
+    message = str(e.value)
+    assert str(tmp_path / "t10k-labels-idx1-ubyte.gz") in message and "label 200" in message
+    assert "fashion_mnist has classes 0..9" in message and "\n" not in message
+
+
+def test_cifar10_labels_out_of_range_name_the_batch(tmp_path):
+    write_cifar10(tmp_path, per_batch=4, n_test=4)
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    with open(path, "rb") as f:
+        batch = pickle.load(f, encoding="latin1")
+    batch["labels"][2] = 12
+    with open(path, "wb") as f:
+        pickle.dump(batch, f, protocol=2)
+    with pytest.raises(DataError, match=r"data_batch_3 holds label 12, but cifar10 has classes 0\.\.9"):
+        sources.load("cifar10", tmp_path)
+
+
+def _tree(root):
+    return sorted(p.relative_to(root) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_a_failed_download_leaves_nothing_and_says_what_and_where(tmp_path, monkeypatch, name):
+    def offline(url, download_root, *args, **kwargs):
+        Path(download_root).mkdir(parents=True, exist_ok=True)  # as torchvision does before it connects
+        raise URLError(OSError(101, "Network is unreachable\n" + "x" * 500))
+
+    monkeypatch.setattr("torchvision.datasets.utils.download_and_extract_archive", offline)
+    (tmp_path / "kept").mkdir()  # folders that were there before must stay
+    root = tmp_path / "data"
+    with pytest.raises(DataError) as e:
+        sources.load(name, root, download=True)
+    assert _tree(tmp_path) == [Path("kept")]
+    message = str(e.value)
+    assert "could not download" in message and "URLError" in message and "Network is unreachable" in message
+    assert "dataset." not in message and "\n" not in message and len(message) < 600
+    if name == "mnist":
+        assert f"{root} or {root / 'MNIST' / 'raw'}" in message
+        assert all(f"{stem}[.gz]" in message for stem in sources.IDX_FILES.values())
+    else:
+        assert str(root / "cifar-10-batches-py") in message
+        assert "data_batch_1" in message and "test_batch" in message
+
+
+def test_a_failed_download_keeps_what_was_there(tmp_path, monkeypatch):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "notes.txt").write_text("mine")
+
+    def offline(*args, **kwargs):
+        raise OSError("offline")
+
+    monkeypatch.setattr("torchvision.datasets.utils.download_and_extract_archive", offline)
+    with pytest.raises(DataError, match="could not download train-images-idx3-ubyte.gz") as e:
+        sources.load("mnist", tmp_path, download=True)
+    assert _tree(tmp_path) == [Path("MNIST"), Path("MNIST/raw"), Path("MNIST/raw/notes.txt")]
+    assert str(raw) in str(e.value) and "(OSError: offline)" in str(e.value)
+
+
+def test_a_stalled_download_fails_instead_of_hanging(tmp_path, monkeypatch):
+    # A server that accepts connections (the kernel's backlog) and never answers: a network that drops packets.
+    # Where no loopback is up it cannot listen; the download must then fail just as surely (the OS reason varies).
+    with ExitStack() as stack:
+        try:
+            server = stack.enter_context(socket.socket())
+            server.bind(("127.0.0.1", 0))
+            server.listen(8)
+            url = f"http://127.0.0.1:{server.getsockname()[1]}/"
+        except OSError:
+            url = "http://127.0.0.1:9/"
+        monkeypatch.setattr(datasets.MNIST, "mirrors", [url])
+        monkeypatch.setattr(sources, "DOWNLOAD_TIMEOUT_S", 0.5)
+        start = time.monotonic()
+        with pytest.raises(DataError, match="could not download train-images-idx3-ubyte.gz"):
+            sources.load("mnist", tmp_path / "data", download=True)
+    assert time.monotonic() - start < 30
+    assert not (tmp_path / "data").exists()
 
 
 def test_cifar10_batches(tmp_path):
@@ -83,7 +177,7 @@ def test_split_is_seeded_and_disjoint():
     assert torch.equal(val, val_again) and len(val) == 20 and len(train) == 80
     assert not set(train.tolist()) & set(val.tolist())
     assert not torch.equal(val, split_train_val(100, 20, seed=4)[1])
-    with pytest.raises(ConfigError, match="dataset.val_size"):
+    with pytest.raises(ValueError, match="val_size="):
         split_train_val(100, 100, seed=0)
 
 

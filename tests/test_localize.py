@@ -11,14 +11,15 @@ from omegaconf import OmegaConf
 from torchvision.ops import box_iou
 
 from cnnlab.cam import upsample_cells
-from cnnlab.data.canvas import canvases_for, make_canvases
+from cnnlab.data.canvas import make_canvases
 from cnnlab.errors import ConfigError
 from cnnlab.localization import Detections, Scores, connected_components, detect, pool_scores, regions
 from cnnlab.models.fully_conv import FullyConvNet
 from cnnlab.models.resnet import ResNet
+from cnnlab.tasks.parts import canvases_for
 from tests.conftest import run_app, write_cifar10
 
-TINY = ["model=resnet", "model.depth=8", "model.width=4", "trainer.max_steps=2", "trainer.figures=false"]
+TINY = ["model=resnet", "model.depth=8", "model.width=4", "trainer.max_steps=2", "runtime.figures=false"]
 
 
 def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, name: str, *overrides: str) -> Path:
@@ -88,7 +89,7 @@ def test_upsampling_puts_each_cell_on_its_centre_pixel():
     assert field[0, 0, 8, 20] == 1.0
     middle = upsample_cells(maps, 4, (32, 32), "middle")  # centres 4*2 + 2, 4*5 + 2: between pixels 9 and 10
     assert middle[0, 0, 9:11, 21:23].min() == middle.max()
-    with pytest.raises(ConfigError, match="task.cell_center"):
+    with pytest.raises(ValueError, match="cell_center"):
         upsample_cells(maps, 4, (32, 32), "corner")
 
 
@@ -131,12 +132,16 @@ def test_same_seed_same_canvases_and_clutter_adds_ink():
     assert (a.images > 0).sum() > (clean.images > 0).sum()
 
 
-def test_canvas_errors_name_the_key():
+def test_canvas_errors_name_the_argument_and_the_boundary_names_the_key():
     images, labels = ink_bank()
-    with pytest.raises(ConfigError, match="task.canvas.digits"):
+    with pytest.raises(ValueError, match="digits=3 is not allowed: at most 1 on a 32px canvas"):
         make_canvases(images, labels, count=1, size=32, digits=3)
-    with pytest.raises(ConfigError, match="task.canvas.size"):
+    with pytest.raises(ValueError, match="size=20"):
         make_canvases(images, labels, count=1, size=20)
+    sample = OmegaConf.create({"name": "mnist_sample", "shape": [1, 28, 28], "root": None, "download": False})
+    canvas = OmegaConf.create({"count": 1, "size": 32, "digits": 3, "clutter": 0, "fragment": 8, "seed": 0})
+    with pytest.raises(ConfigError, match=r"task.canvas.digits=3 is not allowed.*`task.canvas.digits=1`"):
+        canvases_for(canvas, sample)
     cifar = OmegaConf.create({"name": "cifar10", "shape": [3, 32, 32]})
     with pytest.raises(ConfigError, match="MNIST-family"):
         canvases_for(OmegaConf.create({}), cifar)
@@ -179,7 +184,7 @@ def test_window_pooling_ignores_a_background_that_mean_pooling_follows():
     assert pool_scores(maps, "window", window=7).argmax() == 2
     assert pool_scores(maps, "topk", topk=16).argmax() == 2
     assert pool_scores(maps, "max").argmax() == 2
-    with pytest.raises(ConfigError, match="task.pooling"):
+    with pytest.raises(ValueError, match="pooling"):
         pool_scores(maps, "median")
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cnnlab.errors import ConfigError
+from cnnlab.errors import BadArgument
 from cnnlab.models.mlp import MLP
 from cnnlab.models.resnet import ResNet
 
@@ -45,15 +45,15 @@ def test_plain_twin_has_no_shortcut_and_differs_in_output():
 
 @pytest.mark.parametrize("depth,nearest", [(21, "[14, 20, 26]"), (55, "[50, 56, 62]"), (3, "[8, 14]"), (0, "[8, 14]")])
 def test_bad_depth_lists_nearest_valid(depth, nearest):
-    with pytest.raises(ConfigError) as e:
+    with pytest.raises(BadArgument) as e:  # a plain ValueError: the config boundary names the key
         ResNet(depth=depth)
-    assert "model.depth" in str(e.value) and nearest in str(e.value)
+    assert e.value.name == "depth" and nearest in str(e.value) and isinstance(e.value, ValueError)
 
 
 def test_bad_width_and_shortcut():
-    with pytest.raises(ConfigError, match="model.width"):
+    with pytest.raises(ValueError, match="width=0"):
         ResNet(width=0)
-    with pytest.raises(ConfigError, match="model.shortcut"):
+    with pytest.raises(ValueError, match="shortcut='D'"):
         ResNet(shortcut="D")
 
 
@@ -61,5 +61,5 @@ def test_mlp_has_no_activation_on_logits():
     model = MLP(in_shape=(1, 28, 28), num_classes=10, hidden=[32, 16], activation="gelu")
     assert isinstance(model[-1], torch.nn.Linear) and model[-1].out_features == 10
     assert model(torch.randn(5, 1, 28, 28)).shape == (5, 10)
-    with pytest.raises(ConfigError, match="model.activation"):
+    with pytest.raises(ValueError, match="activation='swish'"):
         MLP(in_shape=(1, 28, 28), num_classes=10, activation="swish")

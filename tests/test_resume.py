@@ -12,22 +12,22 @@ from pathlib import Path
 import pytest
 import torch
 
+from cnnlab import checkpoint
 from cnnlab.errors import CheckpointError
-from cnnlab.training import checkpoint
 from cnnlab.training.trainer import truncate_history
 from tests.conftest import ROOT, cli, run_app
 
 # 7000 train images / 256 = 28 steps per epoch, 56 in all; dropout draws from the torch RNG every step.
 RUN = [
     "logger=none",
-    "trainer.threads=1",
-    "trainer.figures=false",
+    "runtime.threads=1",
+    "runtime.figures=false",
     "model.hidden=[16]",
     "model.dropout=0.1",
     "trainer.batch_size=256",
     "trainer.epochs=2",
-    "trainer.checkpoint_every=10",
-    "trainer.log_every=5",
+    "runtime.checkpoint_every=10",
+    "runtime.log_every=5",
 ]
 KILL_AT = 37  # mid-epoch 2: the last periodic checkpoint is at step 30, the last evaluation at 28
 
@@ -77,7 +77,7 @@ def assert_same_run(run_dir: Path, reference: Path) -> None:
         assert ours["model"].keys() == theirs["model"].keys()
         for key, tensor in ours["model"].items():
             assert torch.equal(tensor, theirs["model"][key]), f"{name}: {key} differs"
-        assert ours["progress"]["step"] == theirs["progress"]["step"]
+        assert ours["train_state"]["step"] == theirs["train_state"]["step"]
     ours, theirs = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, reference))
     for key in ("test_acc", "test_loss", "val_acc", "val_loss", "best_val_acc", "steps", "epochs", "best_step"):
         assert ours[key] == theirs[key], key
@@ -89,14 +89,14 @@ def test_sigkill_mid_epoch_then_resume_auto_is_bit_identical(reference, tmp_path
     killed = run_killed(signal.SIGKILL, KILL_AT, *RUN, f"paths.output_dir={out}")
     assert killed.returncode == -signal.SIGKILL
     (run_dir,) = [p.parent for p in out.rglob("checkpoints")]
-    assert checkpoint.load(run_dir / "checkpoints" / "last.pt")["progress"]["step"] == 30
+    assert checkpoint.load(run_dir / "checkpoints" / "last.pt")["train_state"]["step"] == 30
     assert not (run_dir / "metrics.json").exists()
 
-    resumed = cli(*RUN, f"paths.output_dir={out}", "trainer.resume=auto")
+    resumed = cli(*RUN, f"paths.output_dir={out}", "runtime.resume=auto")
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(run_dir, reference)
     assert len(list(out.rglob("overrides.yaml"))) == 2  # one run dir: .hydra/ as started, .hydra/resume/
-    assert "trainer.resume" not in (run_dir / ".hydra" / "overrides.yaml").read_text()
+    assert "runtime.resume" not in (run_dir / ".hydra" / "overrides.yaml").read_text()
 
 
 @pytest.mark.parametrize(
@@ -107,17 +107,17 @@ def test_signal_writes_checkpoint_prints_resume_command_and_resumes(reference, t
     stopped = run_killed(sig, KILL_AT, *RUN, f"hydra.run.dir={run_dir}")
     assert stopped.returncode == 128 + sig, stopped.stderr
     assert f"interrupted by {sig.name} at step {KILL_AT}" in stopped.stderr
-    assert "resume with: python -m cnnlab" in stopped.stderr and f"trainer.resume={run_dir}" in stopped.stderr
-    assert checkpoint.load(run_dir / "checkpoints" / "last.pt")["progress"]["step"] == KILL_AT
+    assert "resume with: python -m cnnlab" in stopped.stderr and f"runtime.resume={run_dir}" in stopped.stderr
+    assert checkpoint.load(run_dir / "checkpoints" / "last.pt")["train_state"]["step"] == KILL_AT
     assert not (run_dir / "metrics.json").exists()
 
-    run_app(tmp_path / "unused", *RUN, f"trainer.resume={run_dir / 'checkpoints' / 'last.pt'}")
+    run_app(tmp_path / "unused", *RUN, f"runtime.resume={run_dir / 'checkpoints' / 'last.pt'}")
     assert_same_run(run_dir, reference)
 
 
 def test_resume_with_another_model_says_what_differs(reference, tmp_path):
     with pytest.raises(CheckpointError, match=r"model.hidden: \[16\] in the checkpoint, \[32\] now"):
-        run_app(tmp_path, *RUN[:3], "model.hidden=[32]", *RUN[4:], f"trainer.resume={reference}")
+        run_app(tmp_path, *RUN[:3], "model.hidden=[32]", *RUN[4:], f"runtime.resume={reference}")
     assert not (tmp_path / "metrics.json").exists()
 
 

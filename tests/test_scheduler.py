@@ -1,6 +1,5 @@
 import pytest
 
-from cnnlab.errors import ConfigError
 from cnnlab.training import scheduler
 
 
@@ -32,5 +31,5 @@ def test_cosine_reaches_min_factor():
 
 
 def test_bad_unit_is_rejected():
-    with pytest.raises(ConfigError, match="scheduler.unit"):
+    with pytest.raises(ValueError, match="unit="):
         scheduler.multistep(steps_per_epoch=1, total_steps=1, unit="iteration")

@@ -21,7 +21,7 @@ from cnnlab.errors import ConfigError
 from cnnlab.sweep import hydra_grid, main, sweep_config
 from tests.conftest import cli, make_config
 
-TINY = ["trainer.max_steps=2", "trainer.threads=1", "trainer.figures=false", "trainer.checkpoint=false"]
+TINY = ["trainer.max_steps=2", "runtime.threads=1", "runtime.figures=false", "runtime.checkpoint=false"]
 
 
 def sweeps_engine_grid(config: dict) -> list[dict]:
@@ -201,29 +201,32 @@ def test_jobs_of_a_multirun_share_a_wandb_group_and_get_readable_names_and_tags(
     from hydra.types import RunMode
     from omegaconf import open_dict, read_write
 
-    from cnnlab.run import override_tags, run_name, sweep_group
+    from cnnlab.run import run_info
+    from cnnlab.tasks.publish import run_name
 
     overrides = ["model=resnet", "model.depth=56", "model.residual=false", "seed=1", f"paths.output_dir={tmp_path}"]
     cfg = make_config(tmp_path / "3", overrides)
-    assert run_name(cfg) == "resnet56-plain-s1"
-    assert override_tags() == ["model=resnet", "model.depth=56", "model.residual=false", "seed=1"]
-    assert sweep_group() is None  # a single run has no group
+    assert run_name(cfg.model, cfg.seed) == "resnet56-plain-s1"
+    info = run_info(cfg)
+    assert info.tags() == ["model=resnet", "model.depth=56", "model.residual=false", "seed=1"]
+    assert info.sweep_group() is None and not info.multirun  # a single run has no group
     hydra_cfg = HydraConfig.get()
     with read_write(hydra_cfg), open_dict(hydra_cfg):
         hydra_cfg.mode = RunMode.MULTIRUN
         hydra_cfg.sweep.dir = str(tmp_path / "multirun" / "2026-01-01" / "12-00-00-000001")
-    assert sweep_group() == "2026-01-01/12-00-00-000001"
+    assert run_info(cfg).sweep_group() == "2026-01-01/12-00-00-000001"
 
 
 def test_a_failing_job_does_not_stop_the_others(tmp_path: Path) -> None:
-    """joblib, 2 parallel jobs, one with a bad value: the other finishes, the failure is recorded and listed."""
+    """joblib, 2 parallel jobs, one with a val split larger than the data (found only once the data is read):
+    the other finishes, the failure is recorded and listed."""
     done = cli(
         "-m",
         "launcher=joblib",
         "model=mlp",
         "model.hidden=[16]",
-        "optimizer.lr=0.1,-1",
-        *[o for o in TINY if not o.startswith("trainer.threads")],
+        "dataset.val_size=100,9000",
+        *[o for o in TINY if not o.startswith("runtime.threads")],
         "logger=none",
         f"paths.output_dir={tmp_path}",
         cwd=tmp_path,
@@ -234,13 +237,14 @@ def test_a_failing_job_does_not_stop_the_others(tmp_path: Path) -> None:
     assert json.loads((good / "metrics.json").read_text())["steps"] == 2
     assert json.loads((good / "status.json").read_text())["status"] == "completed"
     status = json.loads((bad / "status.json").read_text())
-    assert status["status"] == "failed" and "optimizer.lr=-1" in status["error"]
+    assert status["status"] == "failed" and "dataset.val_size=9000" in status["error"]
     assert not (bad / "metrics.json").exists()
     assert "1 of 2 jobs completed, 1 failed" in done.stderr
-    assert "optimizer.lr=-1" in done.stderr.split("jobs completed")[1]
-    # cores / n_jobs torch threads in each loky worker (trainer.threads=null)
+    assert "dataset.val_size=9000" in done.stderr.split("jobs completed")[1]
+    # cores / n_jobs torch threads in each loky worker (runtime.threads=null)
     cores = len(os.sched_getaffinity(0))
-    assert f"{max(1, cores // 2)} torch threads" in next(good.glob("*.log")).read_text()
+    threads = max(1, cores // 2)
+    assert f"{threads} torch thread{'s' if threads > 1 else ''}\n" in next(good.glob("*.log")).read_text()
 
 
 @pytest.mark.slow
@@ -251,7 +255,7 @@ def test_submitit_local_runs_a_two_job_grid(tmp_path: Path) -> None:
         "model=mlp",
         "model.hidden=[16]",
         "seed=0,1",
-        *[o for o in TINY if not o.startswith("trainer.threads")],
+        *[o for o in TINY if not o.startswith("runtime.threads")],
         "logger=none",
         f"paths.output_dir={tmp_path}",
         cwd=tmp_path,
@@ -261,4 +265,4 @@ def test_submitit_local_runs_a_two_job_grid(tmp_path: Path) -> None:
     seeds = sorted(json.loads((sweep / str(n) / "metrics.json").read_text())["seed"] for n in (0, 1))
     assert seeds == [0, 1]
     assert "2 of 2 jobs completed, 0 failed" in done.stderr
-    assert "1 torch threads" in next((sweep / "0").glob("*.log")).read_text()  # cpus_per_task: 1
+    assert "1 torch thread\n" in next((sweep / "0").glob("*.log")).read_text()  # cpus_per_task: 1

@@ -30,5 +30,5 @@ def test_wandb_offline_run_records_everything(tmp_path, monkeypatch):
 
 
 def test_logger_none_writes_no_wandb_dir(tmp_path):
-    run_app(tmp_path, "model.hidden=[16]", "trainer.max_steps=2", "trainer.figures=false")
+    run_app(tmp_path, "model.hidden=[16]", "trainer.max_steps=2", "runtime.figures=false")
     assert not (tmp_path / "wandb").exists() and (tmp_path / "metrics.json").exists()

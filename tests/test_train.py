@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from cnnlab.errors import ConfigError
+from cnnlab import checkpoint
+from cnnlab.config import RuntimeConfig, TrainerConfig
 from cnnlab.models.resnet import ResNet
-from cnnlab.training import checkpoint
-from cnnlab.training.trainer import Trainer, TrainerConfig
+from cnnlab.training.trainer import Trainer
 from tests.conftest import run_app, write_cifar10
 
 METRIC_KEYS = {
@@ -29,7 +29,7 @@ def trained(tmp_path_factory):
     """A small MLP trained on the bundled real MNIST digits for 60 steps, evaluated every 20."""
     run_dir = tmp_path_factory.mktemp("run")
     value = run_app(
-        run_dir, "model.hidden=[64]", "trainer.max_steps=60", "trainer.eval_every=20", "trainer.log_every=5"
+        run_dir, "model.hidden=[64]", "trainer.max_steps=60", "trainer.eval_every=20", "runtime.log_every=5"
     )
     return run_dir, value
 
@@ -65,7 +65,7 @@ def test_resnet_on_mnist_format_files(tmp_path, mnist_dir):
         "dataset.val_size=100",
         "trainer.epochs=2",
         "trainer.batch_size=50",
-        "trainer.figures=false",
+        "runtime.figures=false",
     )
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["params"] == sum(p.numel() for p in ResNet(depth=8, width=4, in_channels=1).parameters())
@@ -76,9 +76,9 @@ def test_checkpoint_contents(trained):
     run_dir, _ = trained
     best = checkpoint.load(run_dir / "checkpoints" / "best.pt")
     last = checkpoint.load(run_dir / "checkpoints" / "last.pt")
-    assert {"model", "optimizer", "scheduler", "progress", "rng", "config", "metrics"} <= best.keys()
+    assert {"model", "optimizer", "scheduler", "train_state", "rng", "config", "metrics"} <= best.keys()
     assert best["config"]["model"]["hidden"] == [64] and best["metrics"]["test_acc"] > 0.8
-    assert last["progress"]["step"] == 60 and isinstance(last["rng"]["torch"], torch.Tensor)
+    assert last["train_state"]["step"] == 60 and isinstance(last["rng"]["torch"], torch.Tensor)
 
 
 def test_evaluate_reproduces_test_acc(trained, tmp_path):
@@ -93,7 +93,7 @@ def test_evaluate_reproduces_test_acc(trained, tmp_path):
 
 
 def test_max_steps_and_no_checkpoint(tmp_path):
-    run_app(tmp_path, "trainer.max_steps=3", "trainer.checkpoint=false", "trainer.figures=false")
+    run_app(tmp_path, "trainer.max_steps=3", "runtime.checkpoint=false", "runtime.figures=false")
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["steps"] == 3 and not (tmp_path / "checkpoints").exists()
 
@@ -114,7 +114,7 @@ def test_cifar10_resnet_with_augmentation_and_schedule(tmp_path):
         "trainer.epochs=2",
         "scheduler=multistep",
         "scheduler.milestones=[1]",
-        "trainer.figures=false",
+        "runtime.figures=false",
     )
     history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
     assert history[0]["lr"] == pytest.approx(0.01) and history[1]["lr"] == pytest.approx(0.01)
@@ -126,13 +126,14 @@ def test_channels_last_auto_avoids_the_cpu_kernel_crash(tmp_path):
     cpu = torch.device("cpu")
     small = Trainer(TrainerConfig(), cpu, tmp_path)
     small.prepare(ResNet(depth=8, width=4, shortcut="B"))  # 4->8 channel 1x1 stride-2 projection
-    assert small.cfg.channels_last is False
+    assert small.runtime.channels_last is False
     wide = Trainer(TrainerConfig(), cpu, tmp_path)
     model = wide.prepare(ResNet(depth=8, width=16, shortcut="B"))
-    assert wide.cfg.channels_last is True and model.fc.weight.device == cpu
+    assert wide.runtime.channels_last is True and model.fc.weight.device == cpu
     assert model.features[0].weight.is_contiguous(memory_format=torch.channels_last)
-    with pytest.raises(ConfigError, match="trainer.channels_last"):
-        Trainer(TrainerConfig(channels_last=True), cpu, tmp_path).prepare(ResNet(depth=8, width=4, shortcut="C"))
+    forced = Trainer(TrainerConfig(), cpu, tmp_path, runtime=RuntimeConfig(channels_last=True))
+    with pytest.raises(ValueError, match="fewer than 8 input channels"):
+        forced.prepare(ResNet(depth=8, width=4, shortcut="C"))
 
 
 def test_eval_test_adds_test_curves_without_changing_the_choice(tmp_path):

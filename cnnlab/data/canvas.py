@@ -9,12 +9,10 @@ The same arguments and seed always give the same canvases.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from cnnlab.data import sources
-from cnnlab.errors import ConfigError
+from cnnlab.errors import BadArgument
 
 MNIST_FAMILY = ("mnist_sample", "mnist", "fashion_mnist")
 PLACEMENT_TRIES = 1000
@@ -33,24 +31,18 @@ class Canvases:
 def check_canvas_config(count: int, size: int, digits: int, clutter: int, fragment: int, digit_size: int) -> None:
     """Fail before any work on a canvas that cannot hold what was asked for."""
     if not isinstance(count, int) or count <= 0:
-        raise ConfigError("task.canvas.count", count, "a positive integer", "task.canvas.count=500")
+        raise BadArgument("count", count, "a positive integer", 500)
     if not isinstance(size, int) or size < digit_size:
-        raise ConfigError(
-            "task.canvas.size", size, f"an integer >= the digit size {digit_size}", "task.canvas.size=128"
-        )
+        raise BadArgument("size", size, f"an integer >= the digit size {digit_size}", 128)
     if not isinstance(digits, int) or digits <= 0:
-        raise ConfigError("task.canvas.digits", digits, "a positive integer", "task.canvas.digits=1")
+        raise BadArgument("digits", digits, "a positive integer", 1)
     if digits * digit_size**2 > 0.5 * size**2:  # random placement without overlap needs room
         most = max(1, int(0.5 * size**2 // digit_size**2))
-        raise ConfigError(
-            "task.canvas.digits", digits, f"at most {most} on a {size}px canvas", f"task.canvas.digits={most}"
-        )
+        raise BadArgument("digits", digits, f"at most {most} on a {size}px canvas", most)
     if not isinstance(clutter, int) or clutter < 0:
-        raise ConfigError("task.canvas.clutter", clutter, "0 or more fragments", "task.canvas.clutter=0")
+        raise BadArgument("clutter", clutter, "0 or more fragments", 0)
     if not isinstance(fragment, int) or not 0 < fragment <= digit_size:
-        raise ConfigError(
-            "task.canvas.fragment", fragment, f"a side length from 1 to {digit_size}", "task.canvas.fragment=8"
-        )
+        raise BadArgument("fragment", fragment, f"a side length from 1 to {digit_size}", 8)
 
 
 def make_canvases(
@@ -103,9 +95,7 @@ def _positions(digits: int, size: int, height: int, width: int, g: torch.Generat
                 xs.append(x)
                 if len(ys) == digits:
                     return ys, xs
-    raise ConfigError(
-        "task.canvas.digits", digits, f"fewer digits: {digits} did not fit on a {size}px canvas", "task.canvas.digits=1"
-    )
+    raise BadArgument("digits", digits, f"fewer digits: {digits} did not fit on a {size}px canvas", 1)
 
 
 def _fragment(images: torch.Tensor, side: int, g: torch.Generator) -> torch.Tensor:
@@ -119,19 +109,3 @@ def _fragment(images: torch.Tensor, side: int, g: torch.Generator) -> torch.Tens
         if piece.float().mean() > 0.1 * 255 * min(1.0, 64 / side**2):  # not an almost empty corner
             return piece
     return piece
-
-
-def canvases_for(canvas_cfg: Any, dataset_cfg: Any) -> Canvases:
-    """The canvases a task config asks for, from the test split of the dataset a model was trained on."""
-    if dataset_cfg.name not in MNIST_FAMILY:
-        raise ConfigError(
-            "dataset.name",
-            dataset_cfg.name,
-            f"an MNIST-family dataset ({', '.join(MNIST_FAMILY)}): canvases are digits on black; "
-            "for other datasets use task=cam task.source=test (overlays without boxes)",
-            "checkpoint=<a checkpoint trained on MNIST>",
-        )
-    keys = ("count", "size", "digits", "clutter", "fragment")
-    check_canvas_config(*(canvas_cfg[k] for k in keys), max(dataset_cfg.shape[1:]))
-    data = sources.load(dataset_cfg.name, dataset_cfg.root, bool(dataset_cfg.download))
-    return make_canvases(data.test_x, data.test_y, *(canvas_cfg[k] for k in keys), seed=int(canvas_cfg.seed))

@@ -13,13 +13,13 @@ from collections.abc import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from cnnlab.errors import ConfigError
+from cnnlab.errors import BadArgument
 
 
 def split_train_val(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded train/val indices: the same seed always holds out the same val_size samples."""
     if not 0 < val_size < n:
-        raise ConfigError("dataset.val_size", val_size, f"between 1 and {n - 1} (the training set has {n})")
+        raise BadArgument("val_size", val_size, f"between 1 and {n - 1} (the training set has {n})", min(n // 10, 5000))
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return perm[val_size:].sort().values, perm[:val_size].sort().values
 
@@ -46,7 +46,7 @@ class DeviceLoader:
         channels_last: bool = False,
     ) -> None:
         if batch_size <= 0:
-            raise ConfigError("trainer.batch_size", batch_size, "a positive integer", "trainer.batch_size=128")
+            raise BadArgument("batch_size", batch_size, "a positive integer", 128)
         device = torch.device(device)
         self.x = x.to(device, non_blocking=True)
         self.y = y.to(device, non_blocking=True)

@@ -11,7 +11,7 @@ import gzip
 import pickle
 import socket
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +31,7 @@ TORCHVISION_DIRS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 MNIST_SAMPLE = Path(__file__).resolve().parents[1] / "assets" / "mnist_sample.npz"
 CIFAR_DIR = "cifar-10-batches-py"
 CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+NUM_CLASSES = {"mnist_sample": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10}
 DOWNLOAD_TIMEOUT_S = 20  # seconds without an answer before a download gives up
 
 
@@ -46,20 +47,41 @@ class Splits:
 
 def load(name: str, root: str | Path | None = None, download: bool = False) -> Splits:
     """Load a dataset by its config name: mnist_sample, mnist, fashion_mnist or cifar10."""
+    if name not in NUM_CLASSES:
+        raise DataError(f"unknown dataset {name!r}: allowed are {', '.join(NUM_CLASSES)}")
     if name == "mnist_sample":
         return load_mnist_sample()
     if root is None:
-        raise DataError(f"dataset.root is not set for dataset={name}; set it with `dataset.root=DIR`.")
+        raise DataError(f"{name} is read from files on disk, but no folder was given to look in")
     if name in TORCHVISION_DIRS:
         return load_idx_dataset(name, Path(root), download)
-    if name == "cifar10":
-        return load_cifar10(Path(root), download)
-    raise DataError(f"unknown dataset {name!r}: allowed are mnist_sample, mnist, fashion_mnist, cifar10")
+    return load_cifar10(Path(root), download)
 
 
 def load_mnist_sample() -> Splits:
     with np.load(MNIST_SAMPLE) as arrays:
-        return _splits({k: arrays[k] for k in IDX_FILES})
+        splits = {k: arrays[k] for k in IDX_FILES}
+    for key in ("train_y", "test_y"):
+        check_labels(splits[key], "mnist_sample", f"{MNIST_SAMPLE} ({key})", "Reinstall cnnlab to restore it.")
+    return _splits(splits)
+
+
+def check_labels(
+    labels: np.ndarray, name: str, path: Path | str, fix: str = "Delete it and download it again."
+) -> None:
+    """Reject labels outside 0..num_classes-1 as the file is read: later they only show up as an index error
+    (or a CUDA device assert) deep inside the loss, with no hint of which file is wrong."""
+    top = NUM_CLASSES[name] - 1
+    if not np.issubdtype(labels.dtype, np.integer):
+        bad = f"{labels.dtype} labels"
+    else:
+        low, high = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
+        if low >= 0 and high <= top:
+            return
+        bad = f"label {high if high > top else low}"
+    raise DataError(
+        f"{path} holds {bad}, but {name} has classes 0..{top}: the file is corrupt or from another dataset. {fix}"
+    )
 
 
 def _splits(arrays: dict[str, np.ndarray]) -> Splits:
@@ -87,6 +109,34 @@ def network_timeout() -> Iterator[None]:
         yield
     finally:
         socket.setdefaulttimeout(previous)
+
+
+def _short(error: BaseException) -> str:
+    """One line for a message: the exception's class and the start of its text (urllib's can be long)."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:100]}{'...' if len(text) > 100 else ''}" if text else type(error).__name__
+
+
+def _fetch(url: str, folder: Path, filename: str, md5: str) -> str | None:
+    """Download `url` into folder/filename and unpack it there. On failure return a short reason and leave
+    nothing new behind: no empty folders (they look like a dataset is there) and no partial archive."""
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    new_dirs = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    archive = folder / filename
+    had_archive = archive.exists()
+    try:
+        with network_timeout():
+            download_and_extract_archive(url, folder, filename=filename, md5=md5)
+        return None
+    except Exception as e:  # network errors come in many types
+        if not had_archive:
+            archive.unlink(missing_ok=True)
+        return _short(e)
+    finally:
+        for d in new_dirs:
+            with suppress(OSError):  # rmdir removes only an empty folder: anything downloaded stays
+                d.rmdir()
 
 
 # ---------------------------------------------------------------- IDX (MNIST, Fashion-MNIST)
@@ -123,40 +173,41 @@ def _find_idx(root: Path, name: str) -> dict[str, Path] | None:
 
 def load_idx_dataset(name: str, root: Path, download: bool) -> Splits:
     files = _find_idx(root, name)
+    failure = None
     if files is None and download:
-        with network_timeout():
-            _download_idx(name, root)
+        failure = _download_idx(name, root)
         files = _find_idx(root, name)
     if files is None:
+        raw = root / TORCHVISION_DIRS[name] / "raw"
         expected = ", ".join(f"{stem}[.gz]" for stem in IDX_FILES.values())
+        failed = f"; could not download {failure}" if failure else ""
         raise DataError(
-            f"dataset={name}: no IDX files found in {root} or {root / TORCHVISION_DIRS[name] / 'raw'}. "
-            f"Expected {expected}. Point `dataset.root=DIR` at a folder holding them, or run once with "
-            "network access and `dataset.download=true`."
+            f"no IDX files found in {root} or {raw}: {name} expects {expected} in one of these folders{failed}."
         )
     arrays = {key: read_idx(path) for key, path in files.items()}
     for split in ("train", "test"):
         if arrays[f"{split}_x"].ndim != 3 or arrays[f"{split}_y"].ndim != 1:
             raise DataError(f"{files[split + '_x']} does not hold images (N, H, W) with labels (N,)")
+        check_labels(arrays[f"{split}_y"], name, files[f"{split}_y"])
     return _splits(arrays)
 
 
-def _download_idx(name: str, root: Path) -> None:
+def _download_idx(name: str, root: Path) -> str | None:
+    """Fetch the four archives into torchvision's layout; None when done, else what failed and why."""
     from torchvision import datasets
-    from torchvision.datasets.utils import download_and_extract_archive
 
     cls = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}[name]
     raw = root / TORCHVISION_DIRS[name] / "raw"
     for filename, md5 in cls.resources:
-        errors = []
+        reasons = []
         for mirror in cls.mirrors:
-            try:
-                download_and_extract_archive(f"{mirror}{filename}", raw, filename=filename, md5=md5)
+            reason = _fetch(f"{mirror}{filename}", raw, filename, md5)
+            if reason is None:
                 break
-            except Exception as e:  # network errors come in many types
-                errors.append(f"{mirror}: {e}")
-        else:
-            raise DataError(f"could not download {filename} for dataset={name}: {'; '.join(errors)}")
+            reasons.append(reason)
+        else:  # every mirror failed; the first one's reason is enough (offline, the others repeat it)
+            return f"{filename} ({reasons[0] if reasons else 'no mirrors'})"
+    return None
 
 
 # ---------------------------------------------------------------- CIFAR-10 (python pickle batches)
@@ -195,20 +246,24 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def load_cifar10(root: Path, download: bool) -> Splits:
     folder = root / CIFAR_DIR
     missing = [f for f in CIFAR_FILES if not (folder / f).is_file()]
+    failure = None
     if missing and download:
         from torchvision.datasets import CIFAR10
-        from torchvision.datasets.utils import download_and_extract_archive
 
-        try:
-            with network_timeout():
-                download_and_extract_archive(CIFAR10.url, root, filename=CIFAR10.filename, md5=CIFAR10.tgz_md5)
-        except Exception as e:
-            raise DataError(f"could not download CIFAR-10 ({e}). {_cifar_hint(folder)}") from e
+        reason = _fetch(CIFAR10.url, root, CIFAR10.filename, CIFAR10.tgz_md5)
+        failure = f"{CIFAR10.filename} ({reason})" if reason else None
         missing = [f for f in CIFAR_FILES if not (folder / f).is_file()]
     if missing:
-        raise DataError(f"dataset=cifar10: missing {', '.join(missing)} in {folder}. {_cifar_hint(folder)}")
-    train = [read_cifar_batch(folder / f) for f in CIFAR_FILES[:-1]]
-    test_x, test_y = read_cifar_batch(folder / CIFAR_FILES[-1])
+        raise DataError(
+            f"missing {', '.join(missing)} in {folder}: cifar10 expects data_batch_1..5 and test_batch there "
+            f"(unpacked from cifar-10-python.tar.gz){f'; could not download {failure}' if failure else ''}."
+        )
+    batches = {}
+    for f in CIFAR_FILES:
+        batches[f] = read_cifar_batch(folder / f)
+        check_labels(batches[f][1], "cifar10", folder / f)
+    train = [batches[f] for f in CIFAR_FILES[:-1]]
+    test_x, test_y = batches[CIFAR_FILES[-1]]
     return _splits(
         {
             "train_x": np.concatenate([x for x, _ in train]),
@@ -216,11 +271,4 @@ def load_cifar10(root: Path, download: bool) -> Splits:
             "test_x": test_x,
             "test_y": test_y,
         }
-    )
-
-
-def _cifar_hint(folder: Path) -> str:
-    return (
-        f"Unpack cifar-10-python.tar.gz so that {folder} holds data_batch_1..5 and test_batch, or run once "
-        "with network access and `dataset.download=true`."
     )

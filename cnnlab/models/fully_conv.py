@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnlab.errors import CheckpointError, ConfigError
+from cnnlab.errors import BadArgument, CheckpointError
 
 CELL_CENTERS = ("middle", "field")
 
@@ -49,5 +49,5 @@ def first_cell_center(stride: int, where: str) -> float:
     upsampling puts it). Where a trained network's evidence peaks is an empirical question: measure both.
     """
     if where not in CELL_CENTERS:
-        raise ConfigError("task.cell_center", where, "middle or field", "task.cell_center=middle")
+        raise BadArgument("cell_center", where, "middle or field", "middle")
     return 0.5 if where == "field" else stride / 2

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from cnnlab.errors import ConfigError
+from cnnlab.errors import BadArgument
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 
@@ -22,11 +22,11 @@ class MLP(nn.Sequential):
         dropout: float = 0.0,
     ) -> None:
         if activation not in ACTIVATIONS:
-            raise ConfigError("model.activation", activation, f"one of {', '.join(ACTIVATIONS)}")
+            raise BadArgument("activation", activation, f"one of {', '.join(ACTIVATIONS)}", "relu")
         if any(int(h) <= 0 for h in hidden):
-            raise ConfigError("model.hidden", list(hidden), "positive layer sizes", "model.hidden=[512,256]")
+            raise BadArgument("hidden", list(hidden), "positive layer sizes", [512, 256])
         if not 0.0 <= dropout < 1.0:
-            raise ConfigError("model.dropout", dropout, "a probability in [0, 1)", "model.dropout=0.1")
+            raise BadArgument("dropout", dropout, "a probability in [0, 1)", 0.1)
         layers: list[nn.Module] = [nn.Flatten()]
         width = math.prod(in_shape)
         for size in hidden:

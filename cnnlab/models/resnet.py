@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab.errors import ConfigError
+from cnnlab.config import depth_allowed, nearest_depths
+from cnnlab.errors import BadArgument
 
 SHORTCUTS = ("A", "B", "C")
 
@@ -21,15 +22,7 @@ def check_depth(depth: int) -> int:
     if isinstance(depth, int) and not isinstance(depth, bool) and depth >= 8 and (depth - 2) % 6 == 0:
         return (depth - 2) // 6
     guess = depth if isinstance(depth, (int, float)) else 20
-    n = max(1, round((guess - 2) / 6))
-    near = sorted({6 * k + 2 for k in (n - 1, n, n + 1) if k >= 1})
-    best = min(near, key=lambda d: abs(d - guess))
-    raise ConfigError(
-        "model.depth",
-        depth,
-        f"6n+2 with n >= 1 (20, 32, 44, 56, 110, ...); nearest: {near}",
-        f"model.depth={best}",
-    )
+    raise BadArgument("depth", depth, depth_allowed(depth), min(nearest_depths(depth), key=lambda d: abs(d - guess)))
 
 
 def _conv3x3(cin: int, cout: int, stride: int, bias: bool) -> nn.Conv2d:
@@ -95,10 +88,10 @@ class ResNet(nn.Module):
         super().__init__()
         n = check_depth(depth)
         if not isinstance(width, int) or width <= 0:
-            raise ConfigError("model.width", width, "a positive integer (16 in the paper)", "model.width=16")
+            raise BadArgument("width", width, "a positive integer (16 in the paper)", 16)
         shortcut = str(shortcut).upper()
         if shortcut not in SHORTCUTS:
-            raise ConfigError("model.shortcut", shortcut, "A, B or C", "model.shortcut=A")
+            raise BadArgument("shortcut", shortcut, "A, B or C", "A")
         layers: list[nn.Module] = [
             _conv3x3(in_channels, width, 1, bias=not batch_norm),
             _norm(width, batch_norm),

@@ -1,4 +1,4 @@
-"""Tasks: small functions that compose parts and call the Trainer. Imported on demand (start-up time)."""
+"""Tasks: small functions that compose parts, call the Trainer and return a TaskResult. Imported on demand."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 TASKS = ("classify", "evaluate", "localize", "cam")
 
 
-def get(name: str) -> Callable[[Any], float]:
+def get(name: str) -> Callable[[Any], Any]:
     if name not in TASKS:
         from cnnlab.errors import ConfigError
 

@@ -9,32 +9,25 @@ dataset (CIFAR-10 included): overlays on test images, without boxes.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 
 from cnnlab import figures
-from cnnlab.cam import METHODS, class_activation_maps, grad_cam, normalize_per_image, upsample_cells
-from cnnlab.data.build import trained_dataset
-from cnnlab.data.canvas import canvases_for
+from cnnlab.cam import class_activation_maps, grad_cam, normalize_per_image, upsample_cells
 from cnnlab.errors import ConfigError
 from cnnlab.localization import Detections, Scores, detect, peak_point, pool_scores
 from cnnlab.models.fully_conv import FullyConvNet
-from cnnlab.results import print_table, write_json
-from cnnlab.run import Context
-from cnnlab.tasks.localize import METRIC_KEYS, batches, check_task, settings
-from cnnlab.training.checkpoint import restore_model
+from cnnlab.tasks.context import Context, TaskResult
+from cnnlab.tasks.localize import METRIC_KEYS, batches
+from cnnlab.tasks.parts import canvases_for, load_data, restore_model, trained_dataset
+from cnnlab.tasks.publish import run_name, settings
 
 log = logging.getLogger("cnnlab")
-SOURCES = ("canvas", "test")
 
 
-def run(ctx: Context) -> float:
+def run(ctx: Context) -> TaskResult:
     cfg, task = ctx.cfg, ctx.cfg.task
-    if task.source not in SOURCES:
-        raise ConfigError("task.source", task.source, "canvas or test", "task.source=canvas")
-    if task.method not in METHODS:
-        raise ConfigError("task.method", task.method, f"one of {', '.join(METHODS)}", "task.method=cam")
-    check_task(task, METRIC_KEYS if task.source == "canvas" else ["cls_acc"])
     model, saved, _ = restore_model(cfg.checkpoint, ctx.device, ctx.run_dir)
     model.eval()
     FullyConvNet(model)  # a clear error for a model without conv features + linear layer (an MLP)
@@ -50,15 +43,14 @@ def run(ctx: Context) -> float:
         raise ConfigError(
             "task.class_index", task.class_index, f"null (predicted) or 0..{classes - 1}", "task.class_index=null"
         )
-    dataset = trained_dataset(saved, cfg)
+    dataset = trained_dataset(saved, cfg, ctx.info)
+    names = dataset.get("classes")
     on_canvas = task.source == "canvas"
     if on_canvas:
         canvases = canvases_for(task.canvas, dataset)
         images, labels = canvases.images, canvases.labels
     else:
-        from cnnlab.data import sources
-
-        data = sources.load(dataset.name, dataset.root, bool(dataset.download))
+        data = load_data(dataset)
         images, labels = data.test_x, [t.view(1) for t in data.test_y]
     scores, found, overlays, captions, start, correct = Scores(float(task.iou)), [], [], [], 0, 0
     shown = min(int(task.figure_count), len(images))
@@ -89,33 +81,30 @@ def run(ctx: Context) -> float:
                 top = int(predicted[i].argmax())
                 pred = Detections(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), torch.zeros(0))
                 correct += int(top == labels[n])
-                captions.append(f"pred {top} / true {int(labels[n])}")
+                captions.append(f"pred {label(top, names)} / true {label(int(labels[n]), names)}")
             if n < shown:
                 found.append(pred)
                 overlays.append(heat[i, int(explained[i].argmax())])
         start += len(x)
-    if on_canvas:
-        metrics = {**scores.summary(), **settings(cfg, dataset, stride)}
-    else:
-        metrics = {
-            "cls_acc": correct / start,
-            "images": start,
-            "checkpoint": str(cfg.checkpoint),
-            "dataset": dataset.name,
-            "seed": cfg.seed,
-        }
-    metrics |= {"method": task.method, "source": task.source}
-    write_json(ctx.run_dir / "metrics.json", metrics)
-    ctx.logger.summary(metrics)
+    name = run_name(saved.model, saved.seed)
+    metrics = {**scores.summary(), "stride": stride} if on_canvas else {"cls_acc": correct / start, "images": start}
+    metrics |= settings(cfg, saved)
     path = figures.box_grid(
         images[:shown],
         torch.stack(overlays),
         canvases if on_canvas else None,
         found,
         ctx.run_dir / "figures" / "cam.png",
-        f"{task.method} at {task.threshold} of max: green true, red predicted" if on_canvas else task.method,
+        f"{task.method}, {name}"
+        + (f", box at {task.threshold} of max: green true, red predicted" if on_canvas else f" on {dataset.name} test"),
         captions=captions[:shown],
+        class_names=names,
     )
-    ctx.logger.images({"figures/cam": path})
-    print_table(f"cam {cfg.checkpoint}", metrics, METRIC_KEYS if on_canvas else ["cls_acc", "images"])
-    return float(metrics[task.monitor])
+    monitor = task.monitor or ("loc_acc" if on_canvas else "cls_acc")
+    title = f"{task.method} {name} on " + (f"{task.canvas.count} canvases" if on_canvas else f"{dataset.name} test")
+    table = METRIC_KEYS if on_canvas else ["cls_acc", "images"]
+    return TaskResult(metrics, title, table, monitor, figures={"figures/cam": path})
+
+
+def label(c: int, names: Any) -> str:
+    return str(names[c]) if names is not None and 0 <= c < len(names) else str(c)

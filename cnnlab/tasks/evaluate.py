@@ -7,55 +7,66 @@ import logging
 from omegaconf import OmegaConf
 
 from cnnlab import figures
-from cnnlab.data.build import build_loaders, trained_dataset
-from cnnlab.errors import ConfigError
-from cnnlab.results import class_table, confusion, per_class, print_table, write_json
-from cnnlab.run import Context, on_command_line
-from cnnlab.training.checkpoint import restore_model
-from cnnlab.training.trainer import Trainer, TrainerConfig
+from cnnlab.config import RuntimeConfig, TrainerConfig
+from cnnlab.results import class_table, confusion, per_class
+from cnnlab.tasks.context import Context, TaskResult
+from cnnlab.tasks.parts import boundary, build_loaders, restore_model, trained_dataset
+from cnnlab.tasks.publish import run_name, settings
+from cnnlab.training.trainer import Trainer
 
 log = logging.getLogger("cnnlab")
+LAYOUT = ("channels_last", "eval_batch_size")  # runtime keys evaluate takes from training unless set here
 
 
-def run(ctx: Context) -> float:
-    cfg = ctx.cfg
-    if cfg.task.split not in ("test", "val"):
-        raise ConfigError("task.split", cfg.task.split, "test or val", "task.split=test")
+def run(ctx: Context) -> TaskResult:
+    cfg, split = ctx.cfg, ctx.cfg.task.split
+    ignored = [o.split("=")[0] for o in ctx.info.overrides if o.lstrip("+~").startswith(("model=", "model."))]
+    if ignored:
+        log.warning("task=evaluate rebuilds the model from the checkpoint: ignored %s", ", ".join(ignored))
     model, saved, state = restore_model(cfg.checkpoint, ctx.device, ctx.run_dir)
-    dataset = trained_dataset(saved, cfg)
-    # the precision and layout of training (so test_acc reproduces), unless this command line says otherwise
-    mine = {
-        k: cfg.trainer[k] for k in ("precision", "channels_last", "eval_batch_size") if on_command_line(f"trainer.{k}")
-    }
-    trainer_cfg = TrainerConfig.from_config(OmegaConf.merge(saved.trainer, mine))
-    trainer = Trainer(trainer_cfg, ctx.device, ctx.run_dir, ctx.logger)
-    model = trainer.prepare(model)
-    loader = getattr(build_loaders(dataset, trainer.cfg, saved.seed, ctx.device), cfg.task.split)
+    dataset = trained_dataset(saved, cfg, ctx.info)
+    trainer = Trainer(trained_precision(ctx, saved), ctx.device, ctx.run_dir, ctx.logger, runtime=layout(ctx, saved))
+    with boundary("runtime.channels_last", trainer.runtime.channels_last, "runtime.channels_last=auto"):
+        model = trainer.prepare(model)
+    loader = getattr(build_loaders(dataset, trainer.cfg, trainer.runtime, int(saved.seed), ctx.device), split)
     result = trainer.evaluate(model, loader, predictions=True)
     matrix = confusion(loader.y.cpu(), result["preds"], int(dataset.num_classes))
     scores = per_class(matrix)
-    split = cfg.task.split
     trained = state.get("metrics") or {}
     metrics = {
         f"{split}_acc": result["acc"],
         f"{split}_loss": result["loss"],
-        "checkpoint": str(cfg.checkpoint),
-        "dataset": dataset.name,
         "samples": loader.num_samples,
         **({f"trained_{split}_acc": trained[f"{split}_acc"]} if f"{split}_acc" in trained else {}),
+        **settings(cfg, saved),
         **scores,
     }
-    write_json(ctx.run_dir / "metrics.json", metrics)
-    ctx.logger.summary(metrics)
+    title = f"evaluate {run_name(saved.model, saved.seed)} on {dataset.name} ({split})"
     path = figures.confusion_matrix(
-        matrix, ctx.run_dir / "figures" / "confusion_matrix.png", f"{split}, acc {result['acc']:.4f}"
-    )
-    ctx.logger.images({"figures/confusion_matrix": path})
-    class_table(matrix, scores)
-    print_table(
-        f"evaluate {cfg.checkpoint}",
-        metrics,
-        [f"{split}_acc", f"{split}_loss", f"trained_{split}_acc", "samples"],
-    )
+        matrix, ctx.run_dir / "figures" / "confusion_matrix.png", f"{title}: acc {result['acc']:.4f}",
+        class_names=dataset.get("classes"),
+    )  # fmt: skip
     log.debug("evaluated config:\n%s", OmegaConf.to_yaml(saved))
-    return float(result["acc"])
+    return TaskResult(
+        metrics,
+        title,
+        [f"{split}_acc", f"{split}_loss", f"trained_{split}_acc", "samples"],
+        cfg.task.monitor or f"{split}_acc",
+        figures={"figures/confusion_matrix": path},
+        tables=[class_table(matrix, scores, dataset.get("classes"))],
+    )
+
+
+def trained_precision(ctx: Context, saved: OmegaConf) -> TrainerConfig:
+    """The precision of training (so test_acc reproduces), unless this command line sets it."""
+    mine = ctx.info.on_command_line("trainer.precision")
+    return TrainerConfig(precision=str(ctx.cfg.trainer.precision if mine else saved.trainer.precision))
+
+
+def layout(ctx: Context, saved: OmegaConf) -> RuntimeConfig:
+    """Layout and eval batch of training (checkpoints of 0.1 kept them under trainer), unless set here."""
+    values = {}
+    for key in LAYOUT:
+        old = saved.get("runtime", {}).get(key, saved.trainer.get(key))
+        values[key] = ctx.cfg.runtime[key] if ctx.info.on_command_line(f"runtime.{key}") or old is None else old
+    return RuntimeConfig(**values)

@@ -9,16 +9,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-from cnnlab.errors import ConfigError
+from cnnlab.errors import BadArgument
 
 Factor = Callable[[int], float]
 
 
 def _with_warmup(factor: Factor, warmup_steps: int, warmup_factor: float, warmup_mode: str) -> Factor:
     if warmup_steps < 0:
-        raise ConfigError("scheduler.warmup_steps", warmup_steps, "0 or more", "scheduler.warmup_steps=0")
+        raise BadArgument("warmup_steps", warmup_steps, "0 or more", 0)
     if warmup_mode not in ("linear", "constant"):
-        raise ConfigError("scheduler.warmup_mode", warmup_mode, "linear or constant", "scheduler.warmup_mode=linear")
+        raise BadArgument("warmup_mode", warmup_mode, "linear or constant", "linear")
     if not warmup_steps:
         return factor
 
@@ -55,7 +55,7 @@ def multistep(
     warmup_mode: str = "linear",
 ) -> Factor:
     if unit not in ("epoch", "step"):
-        raise ConfigError("scheduler.unit", unit, "epoch or step", "scheduler.unit=epoch")
+        raise BadArgument("unit", unit, "epoch or step", "epoch")
     per = steps_per_epoch if unit == "epoch" else 1
     steps = sorted(int(m) * per for m in milestones)
     return _with_warmup(lambda step: gamma ** sum(step >= m for m in steps), warmup_steps, warmup_factor, warmup_mode)

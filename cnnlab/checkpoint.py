@@ -82,38 +82,6 @@ def set_rng_states(states: dict[str, Any]) -> None:
     np.random.set_state((name, keys.numpy(), *rest))
 
 
-def restore_model(reference: str | None, device: torch.device, run_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
-    """Rebuild the model a checkpoint was trained with, from the config stored in it.
-
-    `reference` is a local path or `wandb:<entity>/<project>/<artifact>:<alias>`. Returns (model, saved
-    config, checkpoint state).
-    """
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    from cnnlab.errors import ConfigError
-
-    if not reference:
-        raise ConfigError(
-            "checkpoint",
-            reference,
-            "a checkpoint path or wandb:<entity>/<project>/<artifact>:<alias>",
-            "checkpoint=outputs/<run>/checkpoints/best.pt",
-        )
-    if str(reference).startswith("wandb:"):
-        from cnnlab.tracking import fetch_artifact
-
-        path = fetch_artifact(str(reference), run_dir / "artifacts")
-    else:
-        path = Path(reference)
-    state = load(path)
-    saved = OmegaConf.create(state["config"])
-    model = instantiate(saved.model)
-    check_fits(model, state["model"], path)
-    model.load_state_dict(state["model"])
-    return model.to(device), saved, state
-
-
 def check_fits(model: torch.nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:
     """Say what differs when weights do not fit a model (depth, width, shortcut, classes...)."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}

@@ -1,0 +1,547 @@
+"""Config schemas: one dataclass per config group option, registered with Hydra's ConfigStore.
+
+Every YAML option under conf/ starts from its schema (`defaults: [/schema/<group>/<option>@_here_, _self_]`),
+so Hydra refuses a wrong type or an unknown key while it composes. Ranges live next to the types, as field
+metadata (`rule`), and `validate` checks all of them in one place; `explain` turns Hydra's composition errors
+into cnnlab's one-line ConfigError. Library code (models, data, training) raises plain ValueError; the
+boundary names the config key.
+"""
+
+import difflib
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from typing import Any, List, Optional  # noqa: UP035  (OmegaConf 2.3 reads typing generics, not int | None)
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from cnnlab.errors import ConfigError
+
+Check = Callable[[Any], bool]
+
+
+def rule(default: Any, allowed: str | Callable[[Any], str], ok: Check, fix: Any = MISSING) -> Any:
+    """A schema field with its range: `ok(value)` says whether a value is allowed, `allowed` says what is."""
+    meta = {"allowed": allowed, "ok": ok, "fix": fix}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def one_of(*values: Any) -> tuple[str, Check]:
+    names = [str(v).lower() if isinstance(v, bool) else str(v) for v in values]
+    text = ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
+    return text, lambda v: v in values
+
+
+POSITIVE = ("a positive integer", lambda v: v > 0)
+POSITIVE_OR_NULL = ("a positive integer or null", lambda v: v is None or v > 0)
+NON_NEGATIVE = ("0 or more", lambda v: v >= 0)
+FRACTION = ("a fraction in (0, 1]", lambda v: 0 < v <= 1)
+PROBABILITY = ("a number in [0, 1)", lambda v: 0 <= v < 1)
+POSITIVE_NUMBER = ("a positive number", lambda v: v > 0)
+
+
+def depth_allowed(depth: Any) -> str:
+    return f"6n+2 with n >= 1 (20, 32, 44, 56, 110, ...); nearest: {nearest_depths(depth)}"
+
+
+def nearest_depths(depth: Any) -> list[int]:
+    guess = depth if isinstance(depth, (int, float)) and not isinstance(depth, bool) else 20
+    n = max(1, round((guess - 2) / 6))
+    return sorted({6 * k + 2 for k in (n - 1, n, n + 1) if k >= 1})
+
+
+def _nearest_depth(depth: Any) -> int:
+    guess = depth if isinstance(depth, (int, float)) and not isinstance(depth, bool) else 20
+    return min(nearest_depths(depth), key=lambda d: abs(d - guess))
+
+
+# ---------------------------------------------------------------- model
+
+
+@dataclass
+class MLPConfig:
+    _target_: str = "cnnlab.models.mlp.MLP"
+    in_shape: List[int] = field(default_factory=lambda: [1, 28, 28])
+    num_classes: int = 10
+    hidden: List[int] = rule([512, 256], "a list of positive layer sizes", lambda v: all(h > 0 for h in v))
+    activation: str = rule("relu", *one_of("relu", "gelu", "tanh", "sigmoid"))
+    dropout: float = rule(0.0, *PROBABILITY)
+
+
+@dataclass
+class ResNetConfig:
+    _target_: str = "cnnlab.models.resnet.ResNet"
+    depth: int = rule(20, depth_allowed, lambda v: v >= 8 and (v - 2) % 6 == 0, fix=_nearest_depth)
+    width: int = rule(16, "a positive integer (16 in the paper)", lambda v: v > 0)
+    residual: bool = True
+    shortcut: str = rule("A", *one_of("A", "B", "C"))
+    batch_norm: bool = True
+    in_channels: int = 3
+    num_classes: int = 10
+
+
+# ---------------------------------------------------------------- dataset
+
+
+@dataclass
+class AugmentConfig:
+    pad: int = rule(0, *NON_NEGATIVE)
+    flip: bool = False
+
+
+@dataclass
+class DatasetConfig:
+    name: str = rule("mnist_sample", *one_of("mnist_sample", "mnist", "fashion_mnist", "cifar10"))
+    root: Optional[str] = None
+    download: bool = False
+    shape: List[int] = field(default_factory=lambda: [1, 28, 28])
+    num_classes: int = 10
+    classes: Optional[List[str]] = None  # class names for figures; null: the class numbers
+    mean: List[float] = field(default_factory=lambda: [0.5])
+    std: List[float] = rule([0.5], "positive numbers", lambda v: all(s > 0 for s in v))
+    val_size: int = rule(1000, "a positive number of training images to hold out", lambda v: v > 0)
+    augment: Optional[AugmentConfig] = None
+
+
+# ---------------------------------------------------------------- optimizer
+
+
+@dataclass
+class AdamConfig:
+    _target_: str = "torch.optim.Adam"
+    _partial_: bool = True
+    lr: float = rule(1e-3, *POSITIVE_NUMBER)
+    weight_decay: float = rule(0.0, *NON_NEGATIVE)
+
+
+@dataclass
+class AdamWConfig(AdamConfig):
+    _target_: str = "torch.optim.AdamW"
+    weight_decay: float = rule(0.05, *NON_NEGATIVE)
+
+
+@dataclass
+class SGDConfig:
+    _target_: str = "torch.optim.SGD"
+    _partial_: bool = True
+    lr: float = rule(0.1, *POSITIVE_NUMBER)
+    momentum: float = rule(0.9, *PROBABILITY)
+    weight_decay: float = rule(1e-4, *NON_NEGATIVE)
+    nesterov: bool = False
+
+
+# ---------------------------------------------------------------- scheduler
+
+
+@dataclass
+class ConstantConfig:
+    _target_: str = "cnnlab.training.scheduler.constant"
+    _partial_: bool = True
+    warmup_steps: int = rule(0, *NON_NEGATIVE)
+    warmup_factor: float = rule(0.1, *FRACTION)
+    warmup_mode: str = rule("linear", *one_of("linear", "constant"))
+
+
+@dataclass
+class MultiStepConfig(ConstantConfig):
+    _target_: str = "cnnlab.training.scheduler.multistep"
+    milestones: List[int] = rule([50, 75], "a list of positive steps or epochs", lambda v: all(m > 0 for m in v))
+    gamma: float = rule(0.1, *POSITIVE_NUMBER)
+    unit: str = rule("epoch", *one_of("epoch", "step"))
+
+
+@dataclass
+class CosineConfig(ConstantConfig):
+    _target_: str = "cnnlab.training.scheduler.cosine"
+    min_factor: float = rule(0.0, "a number in [0, 1]", lambda v: 0 <= v <= 1)
+
+
+# ---------------------------------------------------------------- trainer and runtime
+
+
+@dataclass
+class TrainerConfig:
+    """What defines a result: how long, in which batches, at which precision, evaluated when."""
+
+    epochs: Optional[int] = rule(5, "0 or more, or null to stop by trainer.max_steps", lambda v: v is None or v >= 0)
+    max_steps: Optional[int] = rule(None, *POSITIVE_OR_NULL)
+    batch_size: int = rule(128, *POSITIVE)
+    eval_every: Optional[int] = rule(None, *POSITIVE_OR_NULL)
+    eval_test: bool = False
+    overfit_batches: int = rule(0, *NON_NEGATIVE)
+    precision: str = rule("32", *one_of("32", "bf16", "16"))
+
+    @staticmethod
+    def cross_checks(node: DictConfig) -> Iterator[ConfigError]:
+        if node.epochs is None and node.max_steps is None:
+            yield ConfigError(
+                "trainer.epochs", None, "a number of epochs, or set trainer.max_steps", "trainer.epochs=5"
+            )
+
+
+DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+@dataclass
+class RuntimeConfig:
+    """How this machine runs it: may change on resume without changing the result."""
+
+    device: str = rule("auto", "auto, cpu, cuda or cuda:N", lambda v: bool(DEVICE.match(v)))
+    threads: Optional[int] = rule(None, *POSITIVE_OR_NULL)
+    resume: Optional[str] = None
+    log_every: int = rule(50, *POSITIVE)
+    eval_batch_size: int = rule(1000, *POSITIVE)
+    channels_last: Any = rule("auto", *one_of("auto", True, False))
+    compile: bool = False
+    checkpoint: bool = True
+    checkpoint_every: Optional[int] = rule(None, *POSITIVE_OR_NULL)
+    figures: bool = True
+    profile: bool = False  # a torch.profiler trace of the first steps in <run dir>/profile/
+
+
+# ---------------------------------------------------------------- logger and paths
+
+
+@dataclass
+class NullLoggerConfig:
+    _target_: str = "cnnlab.tracking.NullLogger"
+
+
+@dataclass
+class WatchConfig:
+    log: Optional[str] = rule(None, *one_of(None, "gradients", "parameters", "all"))
+    freq: int = rule(100, *POSITIVE)
+
+
+@dataclass
+class WandbLoggerConfig:
+    _target_: str = "cnnlab.tracking.WandbLogger"
+    mode: str = rule("offline", *one_of("offline", "online", "disabled"))
+    project: str = "cnnlab"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+    name: Optional[str] = None
+    watch: WatchConfig = field(default_factory=WatchConfig)
+    log_checkpoints: bool = True
+
+
+@dataclass
+class PathsConfig:
+    data_dir: str = "data"
+    output_dir: str = "outputs"
+
+
+# ---------------------------------------------------------------- tasks
+
+CANVAS_METRICS = ("cls_acc", "loc_acc", "mean_iou", "center_err_px", "pointing_acc", "box_precision", "canvases")
+
+
+@dataclass
+class ClassifyConfig:
+    name: str = "classify"
+    monitor: str = rule("val_acc", *one_of("val_acc", "val_loss"))
+
+
+@dataclass
+class EvaluateConfig:
+    name: str = "evaluate"
+    split: str = rule("test", *one_of("test", "val"))
+    monitor: Optional[str] = None  # null: <split>_acc
+
+    @staticmethod
+    def cross_checks(node: DictConfig) -> Iterator[ConfigError]:
+        allowed = (f"{node.split}_acc", f"{node.split}_loss")
+        if node.monitor is not None and node.monitor not in allowed:
+            yield ConfigError("task.monitor", node.monitor, f"null, {allowed[0]} or {allowed[1]}", "task.monitor=null")
+
+
+@dataclass
+class CanvasConfig:
+    count: int = rule(500, *POSITIVE)
+    size: int = rule(128, "an integer of at least the digit size", lambda v: v > 0)
+    digits: int = rule(1, *POSITIVE)
+    clutter: int = rule(0, *NON_NEGATIVE)
+    fragment: int = rule(8, "a side length from 1 to the digit size", lambda v: v > 0)
+    seed: int = 0
+
+
+@dataclass
+class LocalizeConfig:
+    name: str = "localize"
+    monitor: str = rule("loc_acc", *one_of(*CANVAS_METRICS))
+    canvas: CanvasConfig = field(default_factory=CanvasConfig)
+    pooling: str = rule("window", *one_of("window", "topk", "max", "mean"))
+    cell_center: str = rule("middle", *one_of("middle", "field"))
+    window: int = rule(5, *POSITIVE)
+    topk: int = rule(16, *POSITIVE)
+    threshold: float = rule(0.3, *FRACTION)
+    iou: float = rule(0.5, *FRACTION)
+    batch_size: int = rule(50, *POSITIVE)
+    figure_count: int = rule(16, *POSITIVE)
+
+
+@dataclass
+class CamConfig(LocalizeConfig):
+    name: str = "cam"
+    monitor: Optional[str] = None  # null: loc_acc on canvases, cls_acc with source=test
+    threshold: float = rule(0.5, *FRACTION)
+    source: str = rule("canvas", *one_of("canvas", "test"))
+    method: str = rule("cam", *one_of("cam", "grad-cam"))
+    layer: int = -1
+    class_index: Optional[int] = rule(
+        None, "null (the predicted class) or a class number", lambda v: v is None or v >= 0
+    )
+
+    @staticmethod
+    def cross_checks(node: DictConfig) -> Iterator[ConfigError]:
+        allowed = CANVAS_METRICS if node.source == "canvas" else ("cls_acc", "images")
+        if node.monitor is not None and node.monitor not in allowed:
+            yield ConfigError(
+                "task.monitor",
+                node.monitor,
+                f"null or one of {', '.join(allowed)} with source={node.source}",
+                "task.monitor=null",
+            )
+
+
+@dataclass
+class Config:
+    """The root: one seed drives everything; checkpoint names the trained model of evaluate, localize and cam."""
+
+    seed: int = 0
+    checkpoint: Optional[str] = None
+    task: Any = "???"  # a config group
+    model: Any = "???"  # a config group
+    dataset: Any = "???"  # a config group
+    optimizer: Any = "???"  # a config group
+    scheduler: Any = "???"  # a config group
+    trainer: Any = "???"  # a config group
+    runtime: Any = "???"  # a config group
+    logger: Any = "???"  # a config group
+    paths: Any = "???"  # a config group
+
+
+SCHEMAS: dict[str, dict[str, type]] = {
+    "model": {"mlp": MLPConfig, "resnet": ResNetConfig},
+    "dataset": {"dataset": DatasetConfig},
+    "optimizer": {"sgd": SGDConfig, "adam": AdamConfig, "adamw": AdamWConfig},
+    "scheduler": {"none": ConstantConfig, "multistep": MultiStepConfig, "cosine": CosineConfig},
+    "trainer": {"default": TrainerConfig},
+    "runtime": {"default": RuntimeConfig},
+    "logger": {"none": NullLoggerConfig, "wandb": WandbLoggerConfig},
+    "paths": {"default": PathsConfig},
+    "task": {"classify": ClassifyConfig, "evaluate": EvaluateConfig, "localize": LocalizeConfig, "cam": CamConfig},
+}
+GROUPS = tuple(SCHEMAS)
+
+
+def paper_warmup(depth: int) -> int:
+    """He et al. warm ResNet-110 up at lr 0.01 for about 400 iterations; shallower nets need none."""
+    return 400 if int(depth) >= 110 else 0
+
+
+def register() -> None:
+    """Store every schema as /schema/<group>/<option> and the root as config_schema; register our resolvers.
+
+    Called before Hydra composes (the app, `cnnlab sweep`, the tests)."""
+    from hydra.core.config_store import ConfigStore
+
+    if not OmegaConf.has_resolver("cnnlab.paper_warmup"):
+        OmegaConf.register_new_resolver("cnnlab.paper_warmup", paper_warmup)
+    store = ConfigStore.instance()
+    store.store(name="config_schema", node=Config)
+    for group, options in SCHEMAS.items():
+        for name, schema in options.items():
+            store.store(group=f"schema/{group}", name=name, node=schema)
+
+
+# ---------------------------------------------------------------- validation: ranges, in one place
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check every value against its schema's range; raise the first ConfigError found."""
+    for problem in problems(cfg):
+        raise problem
+
+
+def problems(cfg: DictConfig) -> Iterator[ConfigError]:
+    yield from _check_node(cfg, "", Config)
+    for group in GROUPS:
+        node = cfg.get(group)
+        schema = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+        if schema is not None and is_dataclass(schema):
+            yield from _check_node(node, f"{group}.", schema)
+
+
+def _check_node(node: DictConfig, prefix: str, schema: type) -> Iterator[ConfigError]:
+    known = {f.name for f in fields(schema)} | ({"hydra"} if schema is Config else set())
+    for extra in (k for k in node if k not in known and not str(k).startswith("_")):  # added with +key=
+        yield unknown_key(f"{prefix}{extra}", _yaml(node._get_node(extra)._value()))
+    for f in fields(schema):
+        if f.name not in node or f.name.startswith("_"):
+            continue
+        value = node[f.name]
+        if isinstance(value, DictConfig) and is_dataclass(OmegaConf.get_type(value)):
+            yield from _check_node(value, f"{prefix}{f.name}.", OmegaConf.get_type(value))
+            continue
+        if "ok" not in f.metadata:
+            continue
+        plain = OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
+        if not f.metadata["ok"](plain):
+            yield error_for(f"{prefix}{f.name}", plain, f)
+    cross = getattr(schema, "cross_checks", None)
+    if cross is not None:
+        yield from cross(node)
+
+
+def error_for(key: str, value: Any, f: Any) -> ConfigError:
+    allowed = f.metadata.get("allowed", _type_text(f.type))
+    allowed = allowed(value) if callable(allowed) else allowed
+    return ConfigError(key, value, allowed, f"{key}={_yaml(_fix(f, value))}")
+
+
+def _fix(f: Any, value: Any) -> Any:
+    fix = f.metadata.get("fix", MISSING)
+    if callable(fix):
+        return fix(value)
+    if fix is not MISSING:
+        return fix
+    return f.default_factory() if f.default is MISSING and f.default_factory is not MISSING else f.default
+
+
+def _yaml(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ",".join(_yaml(v) for v in value) + "]"
+    return str(value)
+
+
+def _type_text(annotation: Any) -> str:
+    text = str(annotation)
+    for name, words in (("bool", "true or false"), ("int", "an integer"), ("float", "a number"), ("str", "text")):
+        if name in text:
+            return words + (" or null" if "Optional" in text else "")
+    return "a value of the right type"
+
+
+# ---------------------------------------------------------------- Hydra's composition errors, as one line
+
+
+def schema_field(key: str, options: dict[str, str] | None = None) -> Any | None:
+    """The schema field of a dotted key (e.g. trainer.batch_size), searching the group's options."""
+    group, *path = key.split(".")
+    if group not in SCHEMAS:
+        path, candidates = [group, *path], [Config]
+    else:
+        chosen = (options or {}).get(group)
+        candidates = [SCHEMAS[group][chosen]] if chosen in SCHEMAS[group] else list(SCHEMAS[group].values())
+    for schema in candidates:
+        found = _field_at(schema, path)
+        if found is not None:
+            return found
+    return None
+
+
+def _field_at(schema: type, path: list[str]) -> Any | None:
+    for i, name in enumerate(path):
+        match = next((f for f in fields(schema) if f.name == name), None)
+        if match is None:
+            return None
+        if i == len(path) - 1:
+            return match
+        inner = match.default_factory() if match.default_factory is not MISSING else None
+        if not is_dataclass(inner):
+            return None
+        schema = type(inner)
+    return None
+
+
+def keys_of(key: str, options: dict[str, str] | None = None) -> list[str]:
+    """The keys a node may hold (for 'did you mean'), e.g. those of trainer for trainer.no_such_key."""
+    parent = key.rsplit(".", 1)[0] if "." in key else ""
+    if not parent:
+        return [f.name for f in fields(Config)]
+    group, *path = parent.split(".")
+    schemas = list(SCHEMAS.get(group, {}).values())
+    chosen = (options or {}).get(group)
+    if chosen in SCHEMAS.get(group, {}):
+        schemas = [SCHEMAS[group][chosen]]
+    names: list[str] = []
+    for schema in schemas:
+        node = schema
+        for name in path:
+            match = next((f for f in fields(node) if f.name == name), None)
+            inner = match.default_factory() if match and match.default_factory is not MISSING else None
+            node = type(inner) if is_dataclass(inner) else None
+            if node is None:
+                break
+        names += [f.name for f in fields(node) if not f.name.startswith("_") and f.name not in names] if node else []
+    return names
+
+
+# Keys that moved from trainer to runtime in 0.2 (the old names work until 0.3, with a warning).
+MOVED = {
+    f"trainer.{name}": f"runtime.{name}"
+    for name in ("device", "threads", "resume", "log_every", "eval_batch_size", "channels_last", "compile")
+    + ("checkpoint", "checkpoint_every", "figures")
+}
+
+
+def renamed(override: str) -> str | None:
+    """The override with a moved key renamed (trainer.device=cpu -> runtime.device=cpu), or None."""
+    prefix = override[: len(override) - len(override.lstrip("+~"))]
+    key, sep, value = override[len(prefix) :].partition("=")
+    return f"{prefix}{MOVED[key]}{sep}{value}" if key in MOVED else None
+
+
+def unknown_key(key: str, value: str, options: dict[str, str] | None = None) -> ConfigError:
+    if key in MOVED:
+        return ConfigError(key, value, f"it moved to {MOVED[key]}", f"{MOVED[key]}={value}")
+    parent, name = key.rsplit(".", 1) if "." in key else ("", key)
+    known = keys_of(key, options)
+    close = difflib.get_close_matches(name, known, n=1)
+    where = parent or "the top level"
+    fix = f"{parent + '.' if parent else ''}{close[0]}={value}" if close else f"{parent or 'seed'}..."
+    if not close and known:
+        fix = f"{parent + '.' if parent else ''}{known[0]}=<value>"
+    return ConfigError(key, value, f"{where} has no key {name!r}; its keys are {', '.join(known)}", fix)
+
+
+def bad_type(key: str, value: str, options: dict[str, str] | None = None) -> ConfigError:
+    f = schema_field(key, options)
+    if f is None:
+        return ConfigError(key, value, "a value of the right type")
+    allowed = f.metadata.get("allowed", _type_text(f.type))
+    allowed = allowed(value) if callable(allowed) else allowed
+    if not any(word in allowed for word in ("integer", "number", "true or false", "text")):
+        allowed = f"{_type_text(f.type)}: {allowed}"  # the range alone would not say the type
+    return ConfigError(key, value, allowed, f"{key}={_yaml(_fix(f, value))}")
+
+
+def explain(error: BaseException, overrides: list[str]) -> ConfigError | None:
+    """Hydra's error for a wrong type, an unknown key or an unknown group option, as a ConfigError (else None)."""
+    from hydra.errors import MissingConfigException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+    given = dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)
+    options = {k: v for k, v in given.items() if k in SCHEMAS}
+    if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options:
+        group, _, option = str(error.missing_cfg_file).rpartition("/")
+        choices = sorted(o for o in error.options if not o.startswith("_"))
+        return ConfigError(group, option, f"one of {', '.join(choices)}", f"{group}={choices[0]}")
+    cause = error.__cause__ if error.__cause__ is not None else error
+    key = getattr(cause, "full_key", None)
+    if not key:
+        return None
+    value = given.get(key, "")
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
+        return unknown_key(key, value, options)
+    if isinstance(cause, ValidationError):
+        return bad_type(key, value, options)
+    return None

@@ -1,0 +1,187 @@
+"""From config to parts: the model, the loaders, and a trained model rebuilt from its checkpoint.
+
+This is the config boundary for the libraries below: models, data and training raise plain ValueError;
+here each becomes a ConfigError that names the key, the value and the override to fix it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from cnnlab import checkpoint
+from cnnlab.config import RuntimeConfig, TrainerConfig
+from cnnlab.data import sources
+from cnnlab.data.canvas import MNIST_FAMILY, Canvases, check_canvas_config, make_canvases
+from cnnlab.data.loader import DeviceLoader, split_train_val
+from cnnlab.errors import BadArgument, ConfigError, DataError, UserError
+from cnnlab.tasks.context import RunInfo
+
+
+def as_config_error(error: ValueError, key: str, value: Any = None, fix: str | None = None) -> ConfigError:
+    """A library's ValueError said about config `key`: a BadArgument names the argument (key.<name>)."""
+    if isinstance(error, BadArgument):
+        full = key if key.endswith(f".{error.name}") or key == error.name else f"{key}.{error.name}"
+        suggestion = None if error.suggestion is None else f"{full}={error.suggestion}"
+        return ConfigError(full, error.value, error.allowed, suggestion)
+    return ConfigError(key, value, str(error), fix)
+
+
+@contextmanager
+def boundary(key: str, value: Any = None, fix: str | None = None) -> Iterator[None]:
+    """Library code inside raises plain ValueErrors; they leave as config errors about `key`."""
+    try:
+        yield
+    except ValueError as e:
+        raise as_config_error(e, key, value, fix) from None
+
+
+def build(node: DictConfig, key: str) -> Any:
+    """hydra.utils.instantiate; a library's ValueError (or our own error) comes out as a config error."""
+    try:
+        return instantiate(node)
+    except Exception as e:
+        cause = e.__cause__ or e
+        if isinstance(cause, UserError):
+            raise cause from None
+        if isinstance(cause, (ValueError, TypeError)):
+            raise as_config_error(ValueError(str(cause)) if isinstance(cause, TypeError) else cause, key,
+                                  OmegaConf.to_container(node, resolve=True)) from None  # fmt: skip
+        raise
+
+
+def canvases_for(canvas: DictConfig, dataset: DictConfig) -> Canvases:
+    """The canvases task.canvas asks for, from the test split of the dataset a model was trained on."""
+    if dataset.name not in MNIST_FAMILY:
+        raise ConfigError(
+            "dataset.name",
+            dataset.name,
+            f"an MNIST-family dataset ({', '.join(MNIST_FAMILY)}): canvases are digits on black; "
+            "for other datasets use task=cam task.source=test (overlays without boxes)",
+            "checkpoint=<a checkpoint trained on MNIST>",
+        )
+    keys = ("count", "size", "digits", "clutter", "fragment")
+    with boundary("task.canvas"):
+        check_canvas_config(*(canvas[k] for k in keys), max(dataset.shape[1:]))
+        data = load_data(dataset)
+        return make_canvases(data.test_x, data.test_y, *(canvas[k] for k in keys), seed=int(canvas.seed))
+
+
+def typed(node: DictConfig) -> Any:
+    """A config group as its schema's dataclass (interpolations resolved)."""
+    return OmegaConf.to_object(node)
+
+
+@dataclass
+class Loaders:
+    train: DeviceLoader
+    val: DeviceLoader
+    test: DeviceLoader
+
+
+def load_data(dataset: DictConfig) -> sources.Splits:
+    """The dataset's files; a missing or unreadable file is said with the overrides that fix it."""
+    try:
+        return sources.load(dataset.name, dataset.root, bool(dataset.download))
+    except DataError as e:
+        if dataset.name == "mnist_sample":
+            raise
+        raise DataError(
+            f"dataset={dataset.name}: {e} Point `dataset.root=DIR` at a folder holding the files, or run once with "
+            "network access and `dataset.download=true`."
+        ) from None
+
+
+def build_loaders(
+    dataset: DictConfig,
+    trainer: TrainerConfig,
+    runtime: RuntimeConfig,
+    seed: int,
+    device: torch.device,
+    run_dir: Path | None = None,
+) -> Loaders:
+    """Load `dataset`, hold out the seeded val split, and batch every split on `device`."""
+    data = load_data(dataset)
+    shape = list(data.train_x.shape[1:])
+    if shape != list(dataset.shape):
+        raise ConfigError(
+            "dataset.shape", list(dataset.shape), f"the shape of the files, {shape}", f"dataset.shape={shape}"
+        )
+    with boundary("dataset.val_size"):
+        train_idx, val_idx = split_train_val(len(data.train_y), int(dataset.val_size), seed)
+    if run_dir is not None:
+        (run_dir / "split.json").write_text(json.dumps({"seed": seed, "val_indices": val_idx.tolist()}))
+    augment = dataset.get("augment") or {}
+    common = {"mean": list(dataset.mean), "std": list(dataset.std), "device": device}
+    common["channels_last"] = bool(runtime.channels_last)
+    train_x, train_y = data.train_x[train_idx], data.train_y[train_idx]
+    if trainer.overfit_batches:  # debug=overfit: the same few batches, unshuffled, for training and val
+        n = trainer.overfit_batches * trainer.batch_size
+        fixed = DeviceLoader(train_x[:n], train_y[:n], trainer.batch_size, **common)
+        return Loaders(fixed, fixed, DeviceLoader(data.test_x, data.test_y, runtime.eval_batch_size, **common))
+    return Loaders(
+        train=DeviceLoader(
+            train_x,
+            train_y,
+            trainer.batch_size,
+            shuffle=True,
+            pad=int(augment.get("pad", 0)),
+            flip=bool(augment.get("flip", False)),
+            seed=seed,
+            **common,
+        ),
+        val=DeviceLoader(data.train_x[val_idx], data.train_y[val_idx], runtime.eval_batch_size, **common),
+        test=DeviceLoader(data.test_x, data.test_y, runtime.eval_batch_size, **common),
+    )
+
+
+def trained_dataset(saved: DictConfig, cfg: DictConfig, info: RunInfo) -> DictConfig:
+    """The dataset config a checkpoint was trained with, with its files found on this machine.
+
+    The root comes from this run's config (dataset.root, paths.data_dir, CNNLAB_DATA) when the command line
+    sets dataset.root or composes the same dataset (e.g. `dataset=mnist`); otherwise the checkpoint's root.
+    """
+    dataset = saved.dataset.copy()
+    if info.on_command_line("dataset.root") or cfg.dataset.name == dataset.name:
+        dataset.root = cfg.dataset.root
+    return dataset
+
+
+def restore_model(reference: str | None, device: torch.device, run_dir: Path) -> tuple[Any, DictConfig, dict]:
+    """Rebuild the model a checkpoint was trained with, from the config stored in it.
+
+    `reference` is a local path or `wandb:<entity>/<project>/<artifact>:<alias>`. Returns (model, saved
+    config, checkpoint state).
+    """
+    if not reference:
+        raise ConfigError(
+            "checkpoint",
+            reference,
+            "a checkpoint path or wandb:<entity>/<project>/<artifact>:<alias>",
+            "checkpoint=outputs/<run>/checkpoints/best.pt",
+        )
+    if str(reference).startswith("wandb:"):
+        from cnnlab.tracking import fetch_artifact
+
+        path = fetch_artifact(str(reference), run_dir / "artifacts")
+    else:
+        path = Path(reference)
+    state = checkpoint.load(path)
+    saved = OmegaConf.create(state["config"])
+    model = instantiate(saved.model)
+    checkpoint.check_fits(model, state["model"], path)
+    model.load_state_dict(state["model"])
+    return model.to(device), saved, state
+
+
+def history(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "history.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
