@@ -22,6 +22,7 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 from cnnlab import CONF_DIR
+from cnnlab.config import register
 from cnnlab.errors import UserError
 
 
@@ -33,6 +34,7 @@ def hydra_grid(overrides: Sequence[str]) -> tuple[list[list[str]], list[str]]:
     except HydraException as e:
         raise UserError(f"cannot parse the overrides: {e}") from None
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    register()  # the schemas the YAML options start from
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=fixed, return_hydra_config=True)
     params = cfg.hydra.sweeper.params

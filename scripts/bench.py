@@ -36,12 +36,13 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cnnlab.data.build import build_loaders  # noqa: E402
 
+from cnnlab.config import RuntimeConfig, TrainerConfig  # noqa: E402
 from cnnlab.data.loader import DeviceLoader  # noqa: E402
 from cnnlab.data.sources import load_cifar10  # noqa: E402
 from cnnlab.models.resnet import ResNet  # noqa: E402
-from cnnlab.training.trainer import Trainer, TrainerConfig  # noqa: E402
+from cnnlab.tasks.parts import build_loaders  # noqa: E402
+from cnnlab.training.trainer import Trainer  # noqa: E402
 
 CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -66,17 +67,10 @@ def alternate(a, b, rounds: int) -> tuple[float, float]:
     return statistics.median(xs), statistics.median(ys)
 
 
-def quiet_config(precision: str, channels_last: bool | str, **kw: object) -> TrainerConfig:
-    """A Trainer config that logs, checkpoints and draws nothing: only the loop is measured."""
-    return TrainerConfig(
-        batch_size=128,
-        log_every=10**9,
-        checkpoint=False,
-        figures=False,
-        precision=precision,
-        channels_last=channels_last,
-        **kw,
-    )
+def quiet_trainer(device: torch.device, run_dir: Path, precision: str, channels_last: bool | str, **kw) -> Trainer:
+    """A Trainer that logs, checkpoints and draws nothing: only the loop is measured."""
+    runtime = RuntimeConfig(log_every=10**9, checkpoint=False, figures=False, channels_last=channels_last)
+    return Trainer(TrainerConfig(batch_size=128, precision=precision, **kw), device, run_dir, runtime=runtime)
 
 
 def bare_step(model, opt, xb: torch.Tensor, yb: torch.Tensor, precision: str, device: torch.device) -> None:
@@ -122,7 +116,7 @@ def measure_step(
 ) -> tuple[float, float]:
     x, y = cifar_like(128 * steps)
     tmp = Path(tempfile.mkdtemp())
-    trainer = Trainer(quiet_config(precision, channels_last, epochs=None, max_steps=steps), device, tmp)
+    trainer = quiet_trainer(device, tmp, precision, channels_last, epochs=None, max_steps=steps)
     train = DeviceLoader(x, y, 128, CIFAR_MEAN, CIFAR_STD, device, shuffle=True, channels_last=channels_last)
     val = DeviceLoader(x[:8], y[:8], 8, CIFAR_MEAN, CIFAR_STD, device, channels_last=channels_last)
     batches = [(xb.clone(), yb.clone()) for xb, yb in train.batches(0)]  # the bare loop's data is ready-made
@@ -247,14 +241,16 @@ def bench_epoch(device: torch.device, rounds: int, images: int, precision: str, 
                 "augment": {"pad": 4, "flip": True},
             }
         )
-        trainer_cfg = OmegaConf.create({"batch_size": 128, "eval_batch_size": 1000, "channels_last": channels_last})
+        trainer_cfg, runtime_cfg = TrainerConfig(batch_size=128), RuntimeConfig(channels_last=channels_last)
         data = load_cifar10(Path(tmp), download=False)
 
         def ours() -> float:
             tic = time.perf_counter()
-            loaders = build_loaders(dataset, trainer_cfg, 0, device)  # reading the files is part of the epoch
+            loaders = build_loaders(
+                dataset, trainer_cfg, runtime_cfg, 0, device
+            )  # reading the files is part of the epoch
             torch.manual_seed(0)
-            trainer = Trainer(quiet_config(precision, channels_last, epochs=1), device, Path(tmp))
+            trainer = quiet_trainer(device, Path(tmp), precision, channels_last, epochs=1)
             model = trainer.prepare(ResNet(depth=20))
             opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
             (Path(tmp) / "history.jsonl").unlink(missing_ok=True)
@@ -389,7 +385,7 @@ def main() -> None:
 
 def defaults_for(device: torch.device) -> tuple[str, bool]:
     """The precision and memory format a default cnnlab run uses on `device` (trainer.precision/channels_last)."""
-    from cnnlab.training.trainer import TrainerConfig, channels_last_crashes
+    from cnnlab.training.trainer import channels_last_crashes
 
     return TrainerConfig.precision, not channels_last_crashes(ResNet(depth=20), device)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from cnnlab import figures
 from cnnlab.config import RuntimeConfig, TrainerConfig
@@ -57,13 +57,13 @@ def run(ctx: Context) -> TaskResult:
     )
 
 
-def trained_precision(ctx: Context, saved: OmegaConf) -> TrainerConfig:
+def trained_precision(ctx: Context, saved: DictConfig) -> TrainerConfig:
     """The precision of training (so test_acc reproduces), unless this command line sets it."""
     mine = ctx.info.on_command_line("trainer.precision")
     return TrainerConfig(precision=str(ctx.cfg.trainer.precision if mine else saved.trainer.precision))
 
 
-def layout(ctx: Context, saved: OmegaConf) -> RuntimeConfig:
+def layout(ctx: Context, saved: DictConfig) -> RuntimeConfig:
     """Layout and eval batch of training (checkpoints of 0.1 kept them under trainer), unless set here."""
     values = {}
     for key in LAYOUT:

@@ -89,14 +89,19 @@ class Loaders:
 
 def load_data(dataset: DictConfig) -> sources.Splits:
     """The dataset's files; a missing or unreadable file is said with the overrides that fix it."""
+    root = None if dataset.root is None else Path(str(dataset.root)).expanduser().absolute()  # whole paths in errors
     try:
-        return sources.load(dataset.name, dataset.root, bool(dataset.download))
+        return sources.load(dataset.name, root, bool(dataset.download))
     except DataError as e:
         if dataset.name == "mnist_sample":
             raise
+        how = (
+            "or, where there is network access, run once with `dataset.download=true`"
+            if not dataset.download
+            else "or download them where there is network access and copy them there"
+        )
         raise DataError(
-            f"dataset={dataset.name}: {e} Point `dataset.root=DIR` at a folder holding the files, or run once with "
-            "network access and `dataset.download=true`."
+            f"dataset={dataset.name}: {e} Point `dataset.root=DIR` at a folder holding the files, {how}."
         ) from None
 
 
