@@ -1,6 +1,6 @@
 """Config schemas: one dataclass per config group option, registered with Hydra's ConfigStore.
 
-Every YAML option under conf/ starts from its schema (`defaults: [/schema/<group>/<option>@_here_, _self_]`),
+Every YAML option under conf/ starts from its schema (`defaults: [/schema_<group>_<option>@_here_, _self_]`),
 so Hydra refuses a wrong type or an unknown key while it composes. Ranges live next to the types, as field
 metadata (`rule`), and `validate` checks all of them in one place; `explain` turns Hydra's composition errors
 into cnnlab's one-line ConfigError. Library code (models, data, training) raises plain ValueError; the
@@ -344,7 +344,7 @@ def paper_warmup(depth: int) -> int:
 
 
 def register() -> None:
-    """Store every schema as /schema/<group>/<option> and the root as config_schema; register our resolvers.
+    """Store every schema as schema_<group>_<option> and the root as config_schema; register our resolvers.
 
     Called before Hydra composes (the app, `cnnlab sweep`, the tests)."""
     from hydra.core.config_store import ConfigStore
@@ -355,7 +355,7 @@ def register() -> None:
     store.store(name="config_schema", node=Config)
     for group, options in SCHEMAS.items():
         for name, schema in options.items():
-            store.store(group=f"schema/{group}", name=name, node=schema)
+            store.store(name=f"schema_{group}_{name}", node=schema)  # not a group: --help lists only the real ones
 
 
 # ---------------------------------------------------------------- validation: ranges, in one place
