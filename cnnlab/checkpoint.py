@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 from cnnlab.errors import CheckpointError
 
 FORMAT = "cnnlab-checkpoint-1"
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # terminal colour codes (torch's weights_only error embeds some)
 
 
 def save(state: dict[str, Any], path: str | Path) -> Path:
@@ -53,13 +55,25 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"refused to load {path}: it holds objects other than tensors and plain values, which could run "
-            f"code on load ({str(e).splitlines()[0]}). Only load checkpoints written by cnnlab."
+            f"code on load ({_refusal_reason(e)}). Only load checkpoints written by cnnlab."
         ) from e
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
         raise CheckpointError(f"{path} is truncated or corrupt and cannot be read ({e}).") from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a cnnlab checkpoint (no '{FORMAT}' marker).")
     return state
+
+
+def _refusal_reason(error: Exception) -> str:
+    """What torch's weights_only unpickler refused, in one line of plain text: the offending global when torch
+    names it (e.g. `Unsupported global: GLOBAL io.open was not an allowed global by default`), else the first
+    line of its message; without colour codes either way."""
+    text = ANSI.sub("", str(error))
+    named = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    if named:
+        return named.group(1).split(". ")[0].strip().rstrip(".")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
 
 
 def rng_states() -> dict[str, Any]:

@@ -11,7 +11,7 @@ import difflib
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
-from typing import Any, List, Optional  # noqa: UP035  (OmegaConf 2.3 reads typing generics, not int | None)
+from typing import Any, List, Optional, get_args  # noqa: UP035  (OmegaConf 2.3 reads typing generics, not int | None)
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -424,6 +424,10 @@ def _yaml(value: Any) -> str:
 
 def _type_text(annotation: Any) -> str:
     text = str(annotation)
+    node = _dataclass_in(annotation)
+    if node is not None:  # e.g. dataset.augment: {pad:0,flip:false} or null
+        inner = ",".join(f"{f.name}:{_yaml(_fix(f, None))}" for f in fields(node))
+        return "{" + inner + "}" + (" or null" if "Optional" in text else "")
     for name, words in (("bool", "true or false"), ("int", "an integer"), ("float", "a number"), ("str", "text")):
         if name in text:
             return words + (" or null" if "Optional" in text else "")
@@ -455,11 +459,16 @@ def _field_at(schema: type, path: list[str]) -> Any | None:
             return None
         if i == len(path) - 1:
             return match
-        inner = match.default_factory() if match.default_factory is not MISSING else None
-        if not is_dataclass(inner):
+        inner = _dataclass_in(match.type)
+        if inner is None:
             return None
-        schema = type(inner)
+        schema = inner
     return None
+
+
+def _dataclass_in(annotation: Any) -> type | None:
+    """The schema of a nested node: the annotation itself or the T of Optional[T] (dataset.augment)."""
+    return next((t for t in (annotation, *get_args(annotation)) if isinstance(t, type) and is_dataclass(t)), None)
 
 
 def keys_of(key: str, options: dict[str, str] | None = None) -> list[str]:
@@ -477,8 +486,7 @@ def keys_of(key: str, options: dict[str, str] | None = None) -> list[str]:
         node = schema
         for name in path:
             match = next((f for f in fields(node) if f.name == name), None)
-            inner = match.default_factory() if match and match.default_factory is not MISSING else None
-            node = type(inner) if is_dataclass(inner) else None
+            node = _dataclass_in(match.type) if match else None
             if node is None:
                 break
         names += [f.name for f in fields(node) if not f.name.startswith("_") and f.name not in names] if node else []
@@ -504,9 +512,21 @@ def unknown_key(key: str, value: str, options: dict[str, str] | None = None) -> 
     if key in MOVED:
         return ConfigError(key, value, f"it moved to {MOVED[key]}", f"{MOVED[key]}={value}")
     parent, name = key.rsplit(".", 1) if "." in key else ("", key)
+    group = key.split(".")[0]
+    chosen = (options or {}).get(group)
+    owners = _options_with(key)
+    if owners and chosen not in owners:  # model.depth with model=mlp: a key of another option of the group
+        which = f"{group}={chosen}" if chosen in SCHEMAS[group] else f"this {group}"
+        others = " and ".join(f"{group}={o}" for o in owners)
+        return ConfigError(key, value, f"{which} has no key {name!r}; it is a key of {others}",
+                           f"{group}={owners[0]} {key}={value}")  # fmt: skip
     known = keys_of(key, options)
     close = difflib.get_close_matches(name, known, n=1)
     where = parent or "the top level"
+    if not known:  # logger=none: a node without keys
+        others = [o for o in SCHEMAS.get(group, {}) if o != chosen and keys_of(f"{group}.x", {group: o})]
+        return ConfigError(key, value, f"{where} has no keys" + (f" with {group}={chosen}" if chosen else ""),
+                           f"{group}={others[0]}" if others else None)  # fmt: skip
     fix = f"{parent + '.' if parent else ''}{close[0]}={value}" if close else f"{parent or 'seed'}..."
     if not close and known:
         fix = f"{parent + '.' if parent else ''}{known[0]}=<value>"
@@ -519,9 +539,47 @@ def bad_type(key: str, value: str, options: dict[str, str] | None = None) -> Con
         return ConfigError(key, value, "a value of the right type")
     allowed = f.metadata.get("allowed", _type_text(f.type))
     allowed = allowed(value) if callable(allowed) else allowed
-    if not any(word in allowed for word in ("integer", "number", "true or false", "text")):
+    if allowed != _type_text(f.type) and not any(w in allowed for w in ("integer", "number", "true or false", "text")):
         allowed = f"{_type_text(f.type)}: {allowed}"  # the range alone would not say the type
     return ConfigError(key, value, allowed, f"{key}={_yaml(_fix(f, value))}")
+
+
+def _options_with(key: str) -> list[str]:
+    """The options of the key's group that have the key (model.depth: resnet), where a group has several."""
+    group, *path = key.split(".")
+    options = SCHEMAS.get(group, {})
+    return [o for o, schema in options.items() if len(options) > 1 and path and _field_at(schema, path)]
+
+
+def below_null_node(key: str, value: str) -> ConfigError | None:
+    """dataset.augment.pad=4 (or dataset.augment={pad:4}) where dataset.augment is null, e.g. with MNIST.
+
+    Hydra cannot set keys inside a null node from the command line: OmegaConf fails with an AssertionError or
+    an AttributeError. Say so, and how a config file does it."""
+    group, *path = key.split(".")
+    schemas = list(SCHEMAS.get(group, {}).values())
+    for depth in range(1, len(path) + 1):
+        f = _field_at(schemas[0], path[:depth]) if len(schemas) == 1 else None
+        node = _dataclass_in(f.type) if f is not None and f.default is None else None
+        if node is None:
+            continue
+        if depth < len(path):  # dataset.augment.pad=4
+            settings = {path[depth]: value}
+        elif value.startswith("{"):  # dataset.augment={pad:4,flip:true}
+            settings = dict(kv.strip().split(":", 1) for kv in value.strip("{}").split(",") if ":" in kv)
+        else:
+            return None
+        null = ".".join([group, *path[:depth]])
+        inner = ", ".join(f"{n.name}: {settings.get(n.name, _yaml(_fix(n, None)))}" for n in fields(node))
+        snippet = "".join(f"{part}: {{" for part in null.split(".")) + inner + "}" * (depth + 1)
+        return ConfigError(
+            key,
+            value,
+            f"{null} is null (none) in this {group}'s config, and the command line cannot set keys inside a null "
+            f"node; a config file can, e.g. an experiment with `{snippet}` (as conf/experiment/canvas_classifier.yaml)",
+            "experiment=<that experiment>",
+        )
+    return None
 
 
 def explain(error: BaseException, overrides: list[str]) -> ConfigError | None:
@@ -535,10 +593,18 @@ def explain(error: BaseException, overrides: list[str]) -> ConfigError | None:
         group, _, option = str(error.missing_cfg_file).rpartition("/")
         choices = sorted(o for o in error.options if not o.startswith("_"))
         return ConfigError(group, option, f"one of {', '.join(choices)}", f"{group}={choices[0]}")
+    if isinstance(error, (AssertionError, AttributeError)) and "NoneType" in str(error):
+        for key, value in given.items():
+            if key.split(".")[0] in SCHEMAS and (mapped := below_null_node(key, value)):
+                return mapped
     cause = error.__cause__ if error.__cause__ is not None else error
     key = getattr(cause, "full_key", None)
     if not key:
         return None
+    group = key.split(".")[0]
+    composed = next((o for o, s in SCHEMAS.get(group, {}).items() if s is getattr(cause, "object_type", None)), None)
+    if composed is not None:  # the option Hydra composed (a default, an experiment's, or a multirun's base config)
+        options[group] = composed
     value = given.get(key, "")
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
         return unknown_key(key, value, options)

@@ -61,6 +61,9 @@ class Preflight(Callback):
             config.runtime.resume = str(path)
 
 
+_ABSENT = object()
+
+
 def check_sweep(config: DictConfig) -> None:
     """Validate every value the sweep will set: each swept key in turn, on the base config."""
     import yaml
@@ -75,6 +78,9 @@ def check_sweep(config: DictConfig) -> None:
         key = override.get_key_element()
         if not override.is_sweep_override() or key.startswith("hydra") or "." not in key and key != "seed":
             continue  # group choices (model=mlp,resnet) are checked as each job composes
+        absent = OmegaConf.select(config, key, default=_ABSENT) is _ABSENT
+        if absent and _sweeps_a_group(lines):
+            continue  # a key of an option another swept choice brings (experiment=a,b model.depth=8,14)
         for value in override.sweep_string_iterator():
             trial = copy.deepcopy(config)
             try:
@@ -82,6 +88,13 @@ def check_sweep(config: DictConfig) -> None:
             except Exception:
                 raise bad_type(key, value) from None
             validate(trial)
+
+
+def _sweeps_a_group(lines: list[str]) -> bool:
+    """Whether the sweep also sweeps a group choice (model=mlp,resnet or experiment=a,b)."""
+    return any(
+        "," in line and "." not in line.split("=", 1)[0] and not line.startswith(("seed=", "hydra")) for line in lines
+    )
 
 
 def ensure_writable(folder: Path) -> None:

@@ -1,8 +1,12 @@
 """`cnnlab report <dir>`: a sweep's run dirs -> results.md, figures/*.png and the same table in the terminal.
 
 A run dir is any folder under <dir> holding .hydra/overrides.yaml: the jobs of a Hydra multirun, or the runs
-W&B sweep agents wrote under one output dir. Runs with metrics.json are completed; runs whose status.json
-says failed are listed with their error; the rest are unfinished (still running, or killed).
+W&B sweep agents wrote under one output dir. Each is read with its status.json (see cnnlab.callbacks):
+- completed: metrics.json has test_acc; these make the table;
+- failed: status failed, with its error, or diverged (the loss became NaN), with the step and the error;
+- unfinished: still running, killed (no status.json, or one still saying running), or interrupted by SIGTERM
+  or Ctrl-C, listed with the step it stopped at and the command that resumes it;
+- rejected (a config or data error stopped it before any work): not a run, left out entirely.
 Rows group the completed runs that differ only in their seed: test accuracy is the mean +- std over seeds.
 """
 
@@ -35,7 +39,12 @@ class Run:
     config: DictConfig
     metrics: dict[str, Any] | None = None
     history: list[dict[str, float]] = field(default_factory=list)
-    error: str | None = None
+    error: str | None = None  # why a failed run failed
+    note: str | None = None  # where an unfinished run stopped and how to resume it
+
+    @property
+    def reason(self) -> str | None:
+        return self.error or self.note
 
     @property
     def status(self) -> str:
@@ -65,6 +74,8 @@ def load_runs(root: Path) -> list[Run]:
     """The training runs under root (task=classify; other tasks' runs are left out)."""
     runs = []
     for job, status in sweep_statuses(root).items():
+        if status is not None and status.get("status") == "rejected":  # stopped before any work: not a run
+            continue
         overrides = OmegaConf.to_container(OmegaConf.load(job / ".hydra" / "overrides.yaml"))
         config_path = job / ".hydra" / "config.yaml"
         config = OmegaConf.load(config_path) if config_path.exists() else OmegaConf.create()
@@ -77,12 +88,25 @@ def load_runs(root: Path) -> list[Run]:
             history = job / "history.jsonl"
             if history.exists():
                 run.history = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
-        elif status is not None and status["status"] == "failed":
-            run.error = status.get("error", "failed")
+        elif status is not None and status.get("status") in ("failed", "diverged", "interrupted"):
+            describe(run, status)
         elif "status" in metrics:  # e.g. diverged, without a status.json
             run.error = f"{metrics['status']}: {metrics.get('error', '')}"
         runs.append(run)
     return runs
+
+
+def describe(run: Run, status: dict[str, Any]) -> None:
+    """A failed run's error, or where an interrupted run stopped and the command that resumes it."""
+    at = f" at step {status['step']}" if status.get("step") is not None else ""
+    if status["status"] == "failed":
+        run.error = status.get("error") or "failed"
+    elif status["status"] == "diverged":
+        error = str(status.get("error") or "the training loss became NaN or inf").removeprefix("DivergenceError: ")
+        run.error = f"diverged{at}: {error}"
+    else:
+        resume = status.get("resume_command")
+        run.note = f"interrupted{at}" + (f", resume with `{resume}`" if resume else "")
 
 
 def varying_overrides(runs: Sequence[Run]) -> list[str]:
@@ -157,12 +181,15 @@ def markdown(
     ]
     lines += ["| " + " | ".join(cells(row, setting_keys)) + " |" for row in rows]
     lines += ["", *(f"![{p.stem}](figures/{p.name})" for p in figures)]
-    for status, title in (("failed", "Failed runs"), ("unfinished", "Unfinished runs (running, or killed)")):
+    for status, title in (
+        ("failed", "Failed runs"),
+        ("unfinished", "Unfinished runs (running, killed or interrupted)"),
+    ):
         listed = [r for r in runs if r.status == status]
         if listed:
             lines += ["", f"## {title}", ""]
             for run in listed:
-                reason = f": {run.error}" if run.error else ""
+                reason = f": {run.reason}" if run.reason else ""
                 lines.append(f"- `{run.dir.relative_to(root)}` ({' '.join(run.overrides)}){reason}")
     return "\n".join(lines) + "\n"
 
@@ -272,7 +299,7 @@ def report(root: Path, figures: bool = True) -> list[Run]:
     print_table(root, rows, setting_keys)
     for run in runs:
         if run.status != "completed":
-            print(f"{run.status}: {run.dir.relative_to(root)} ({' '.join(run.overrides)}) {run.error or ''}")
+            print(f"{run.status}: {run.dir.relative_to(root)} ({' '.join(run.overrides)}) {run.reason or ''}")
     print(f"wrote {root / 'results.md'}" + "".join(f", {p}" for p in written))
     return runs
 

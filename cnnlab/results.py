@@ -6,14 +6,18 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
+if TYPE_CHECKING:
+    import torch
+
 
 def confusion(targets: torch.Tensor, preds: torch.Tensor, num_classes: int) -> torch.Tensor:
+    import torch  # here, not at the top: the Hydra callbacks import this module before any error is said
+
     """matrix[true, predicted] counts."""
     flat = targets.long() * num_classes + preds.long()
     return torch.bincount(flat, minlength=num_classes**2).view(num_classes, num_classes)

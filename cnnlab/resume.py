@@ -29,6 +29,8 @@ def _differs(key: str, before: dict[str, Any], now: dict[str, Any]) -> bool:
         return False
     if key not in before:  # a key added to cnnlab since the checkpoint was written: same result at its neutral value
         return now.get(key) not in (None, 0, False)
+    if before[key] is None and key not in now:  # a null node that now holds keys (0.1's dataset.augment: null)
+        return any(k.startswith(key + ".") and v not in (None, 0, False) for k, v in now.items())
     return before[key] != now.get(key, "<unset>")
 
 

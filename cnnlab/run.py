@@ -56,6 +56,8 @@ def main_job(cfg: DictConfig) -> float:
         previous = (read_status(info.run_dir) or {}).get("previous")
         if info.resumed and previous:  # the run dir is the original run's: keep its record
             write_status(info.run_dir, previous.pop("status"), previous.pop("overrides", []), **previous)
+        elif (info.run_dir / "history.jsonl").exists():  # stopped after training began: a failure
+            write_status(info.run_dir, "failed", info.overrides, e)
         else:  # nothing ran: the report skips this dir
             write_status(info.run_dir, "rejected", info.overrides, e)
         print(f"cnnlab: error: {e}", file=sys.stderr)
@@ -116,7 +118,8 @@ def run(cfg: DictConfig, info: RunInfo | None = None) -> float:
     except Interrupted as e:
         exit_code = e.exit_code
         logger.summary({"status": "interrupted", "interrupted_by": e.signal_name, "interrupted_at_step": e.step})
-        e.resume_command = resume.resume_command(info.overrides, info.run_dir)
+        if e.checkpoint:  # runtime.checkpoint=false leaves nothing to resume from
+            e.resume_command = resume.resume_command(info.overrides, info.run_dir)
         raise
     finally:
         logger.finish(exit_code)

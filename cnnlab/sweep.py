@@ -91,8 +91,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("-o", "--output", type=Path, help="the YAML to write (default: sweep-<name>.yaml)")
     parser.add_argument("--name", help="the sweep's name (default: the experiment)")
     parser.add_argument("--python", help="the interpreter agents run (default: this one, where cnnlab is installed)")
+    parser.add_argument("-m", "--multirun", action="store_true", help=argparse.SUPPRESS)  # to say why it is wrong
     args = parser.parse_args(argv)
-    if any(o in ("-m", "--multirun") for o in args.overrides):
+    if args.multirun or any(o in ("-m", "--multirun") for o in args.overrides):
         parser.error("pass overrides only: each agent run is one job, so the command has no -m")
     try:
         config = sweep_config(args.overrides, args.name, args.python)

@@ -42,11 +42,26 @@ def test_grad_cam_at_the_last_layer_is_relu_cam_and_elsewhere_has_that_layers_si
     assert grad_cam(model, x, layer=3).shape == (2, 10, 32, 32)  # the first block, before any stride
 
 
-def test_per_image_normalization_spans_zero_to_one():
-    maps = torch.randn(2, 3, 5, 5) * 7 + 3
+def test_per_image_normalization_is_min_max_scaling_of_each_map():
+    maps = torch.tensor(
+        [
+            [[[2.0, 3.0], [6.0, 5.0]], [[-3.0, -1.0], [-2.5, -3.0]]],  # image 0: two classes' maps
+            [[[0.2, 0.4], [0.3, 0.2]], [[10.0, 10.0], [10.0, 10.0]]],  # image 1: inside [0, 1]; a flat map
+        ]
+    )
     out = normalize_per_image(maps)
+    expected = torch.tensor(
+        [
+            [[[0.0, 0.25], [1.0, 0.75]], [[0.0, 1.0], [0.25, 0.0]]],  # (x - min) / (max - min), per map
+            [[[0.0, 1.0], [0.5, 0.0]], [[0.0, 0.0], [0.0, 0.0]]],  # a flat map becomes 0, not NaN
+        ]
+    )
+    assert out.shape == maps.shape and torch.allclose(out, expected, atol=1e-6)
+    rand = torch.randn(2, 3, 5, 5) * 7 + 3
+    out = normalize_per_image(rand)
     assert torch.allclose(out.flatten(2).amin(-1), torch.zeros(2, 3))
     assert torch.allclose(out.flatten(2).amax(-1), torch.ones(2, 3))
+    assert torch.equal(out.flatten(2).argmax(-1), rand.flatten(2).argmax(-1))  # order kept within each map
 
 
 @pytest.mark.parametrize("method", ["cam", "grad-cam"])

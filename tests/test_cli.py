@@ -5,7 +5,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import cli
+import pytest
+import yaml
+
+from cnnlab.callbacks import read_status
+from cnnlab.report import main as report_main
+from tests.conftest import cli, run_app
+from tests.test_report import accuracy, make_run
+
+SCRIPT = Path(sys.executable).parent / "cnnlab"  # the console script pip install -e . put beside the interpreter
 
 
 def test_default_run_is_offline_wandb_and_accurate(tmp_path):
@@ -21,8 +29,7 @@ def test_default_run_is_offline_wandb_and_accurate(tmp_path):
 
 
 def test_console_script_and_config_printing():
-    script = Path(sys.executable).parent / "cnnlab"  # installed by pip install -e .
-    args = [str(script), "model=resnet", "model.depth=56", "model.residual=false", "--cfg", "job", "--resolve"]
+    args = [str(SCRIPT), "model=resnet", "model.depth=56", "model.residual=false", "--cfg", "job", "--resolve"]
     result = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "depth: 56" in result.stdout and "residual: false" in result.stdout
@@ -55,3 +62,65 @@ def test_missing_data_offline_names_the_files(tmp_path):
     )
     assert result.returncode == 2
     assert "train-images-idx3-ubyte" in result.stderr and "dataset.root" in result.stderr
+
+
+def test_runs_stopped_before_any_work_are_not_runs_for_the_report(tmp_path, capsys):
+    """A typo fails before Hydra makes the run dir; missing data fails in the job, which records it as rejected.
+    Neither is a run that `cnnlab report` counts."""
+    typo = cli("model=resnet", "model.depth=21", "logger=none", f"hydra.run.dir={tmp_path / 'typo'}")
+    assert typo.returncode == 2 and "model.depth=21 is not allowed" in typo.stderr
+    assert not (tmp_path / "typo").exists()
+    (tmp_path / "empty").mkdir()
+    overrides = ["dataset=mnist", f"dataset.root={tmp_path / 'empty'}", "dataset.download=false", "logger=none"]
+    no_data = cli(*overrides, f"hydra.run.dir={tmp_path / 'no-data'}")
+    assert no_data.returncode == 2 and "cnnlab: error:" in no_data.stderr and "Traceback" not in no_data.stderr
+    assert (tmp_path / "no-data" / ".hydra" / "overrides.yaml").is_file()  # Hydra made the dir before the job ran
+    status = read_status(tmp_path / "no-data")
+    assert status["status"] == "rejected" and status["error"].startswith("DataError: ")
+    assert status["overrides"] == overrides
+    with pytest.raises(SystemExit) as exit_info:
+        report_main([str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert f"cnnlab report: error: no runs under {tmp_path}" in capsys.readouterr().err
+    assert not (tmp_path / "results.md").exists()
+
+
+def test_console_script_report_and_sweep(tmp_path):
+    sweep = tmp_path / "multirun"
+    for num, (depth, residual) in enumerate([(20, True), (20, False), (32, True), (32, False)]):
+        overrides = [f"model.depth={depth}", f"model.residual={str(residual).lower()}", "seed=0"]
+        make_run(sweep / str(num), overrides, accuracy(depth, residual, 0), status="completed")
+    args = [str(SCRIPT), "report", str(sweep), "--no-figures"]
+    report = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert report.returncode == 0, report.stderr
+    assert report.stdout.rstrip().endswith(f"wrote {sweep / 'results.md'}")
+    assert "4 runs: 4 completed, 0 failed, 0 unfinished" in (sweep / "results.md").read_text()
+    rows = [[c.strip() for c in line.strip("│").split("│")] for line in report.stdout.splitlines() if line[:1] == "│"]
+    assert [r[:2] for r in rows] == [["20", "plain"], ["32", "plain"], ["20", "residual"], ["32", "residual"]]
+    assert rows[1][5] == f"{100 * accuracy(32, False, 0):.2f} ± 0.00"
+
+    out = tmp_path / "s.yaml"
+    args = [str(SCRIPT), "sweep", "model=resnet", "model.depth=20,32", "seed=0,1", "-o", str(out)]
+    made = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.startswith(f"wrote {out}: 4 runs over model.depth, seed\n") and "wandb agent" in made.stdout
+    config = yaml.safe_load(out.read_text())
+    assert config["parameters"] == {"model.depth": {"values": [20, 32]}, "seed": {"values": [0, 1]}}
+    assert config["command"][:4] == [sys.executable, "-m", "cnnlab", "model=resnet"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["multirun", "s.yaml"]  # -o: no sweep-<name>.yaml
+
+
+def test_evaluate_warns_that_model_overrides_are_ignored(tmp_path):
+    run_app(tmp_path / "train", "model.hidden=[16]", "trainer.max_steps=2", "runtime.figures=false")
+    trained = json.loads((tmp_path / "train" / "metrics.json").read_text())
+    best = tmp_path / "train" / "checkpoints" / "best.pt"
+    run_dir = tmp_path / "evaluate"
+    done = cli("task=evaluate", f"checkpoint={best}", "model=resnet", "model.depth=56", "logger=none",
+               f"hydra.run.dir={run_dir}")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    says = "task=evaluate rebuilds the model from the checkpoint: ignored model, model.depth"
+    lines = (done.stdout + done.stderr).splitlines()
+    assert len([line for line in lines if "WARNING" in line and line.endswith(says)]) == 1
+    assert says in (run_dir / "cnnlab.log").read_text()
+    evaluated = json.loads((run_dir / "metrics.json").read_text())
+    assert evaluated["model"] == "mlp" and evaluated["test_acc"] == trained["test_acc"]  # the checkpoint's model

@@ -7,15 +7,20 @@ traceback is printed. `cnnlab.__main__` turns every UserError into `cnnlab: erro
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import pytest
 import torch
 from torchvision import datasets
 
+from cnnlab import checkpoint
+from cnnlab.callbacks import read_status
 from cnnlab.errors import CheckpointError, ConfigError, DataError, UserError
+from cnnlab.report import load_runs
 from cnnlab.training.trainer import DivergenceError
 from tests.conftest import cli, run_app, write_mnist
+from tests.test_checkpoint import Payload
 
 TINY = ["trainer.max_steps=2", "runtime.figures=false"]
 
@@ -84,20 +89,52 @@ def test_evaluate_a_checkpoint_that_is_not_one(tmp_path):
         run_app(tmp_path / "run", "task=evaluate", f"checkpoint={tmp_path / 'notes.pt'}")
 
 
+def test_a_refused_checkpoint_is_named_in_plain_text(tmp_path, monkeypatch):
+    """torch's weights_only error embeds terminal colour codes: the one-line message must not carry them."""
+    path = tmp_path / "evil.pt"
+    torch.save({"format": checkpoint.FORMAT, "config": Payload(tmp_path / "pwned")}, path)
+    with pytest.raises(CheckpointError, match="refused to load") as e:
+        checkpoint.load(path)
+    assert "\x1b" not in str(e.value) and not (tmp_path / "pwned").exists()
+
+    def refuse(*args, **kwargs):  # whatever torch's wording, colour codes are stripped
+        raise pickle.UnpicklingError("\x1b[1mdo not load this\x1b[0m: \x1b[31;1mGLOBAL os.system\x1b[0m\nmore")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    with pytest.raises(CheckpointError) as e:
+        checkpoint.load(path)
+    assert "(do not load this: GLOBAL os.system)" in str(e.value) and "\x1b" not in str(e.value)
+
+
+NAN = [  # lr 0.1 for 10 steps (evaluations at 5 and 10), then 0.1 * 1e12: the loss overflows within a few steps
+    "model.hidden=[8]", "runtime.figures=false", "trainer.max_steps=60", "trainer.eval_every=5", "runtime.log_every=1",
+    "scheduler=multistep", "scheduler.unit=step", "scheduler.milestones=[10]", "scheduler.gamma=1e12",
+]  # fmt: skip
+
+
 def test_nan_loss_stops_the_run_keeps_best_and_records_divergence(tmp_path):
-    # lr 0.1 for 10 steps (evaluations at 5 and 10), then 0.1 * 1e12: the loss overflows within a few steps
     with pytest.raises(DivergenceError, match=r"NaN or inf (at step|between steps) \d+.*optimizer.lr=0.01") as e:
-        run_app(
-            tmp_path, "model.hidden=[8]", "runtime.figures=false", "trainer.max_steps=60", "trainer.eval_every=5",
-            "runtime.log_every=1", "scheduler=multistep", "scheduler.unit=step", "scheduler.milestones=[10]",
-            "scheduler.gamma=1e12",
-        )  # fmt: skip
+        run_app(tmp_path, *NAN)
     assert isinstance(e.value, UserError) and "best checkpoint so far is kept" in str(e.value)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["status"] == "diverged" and 10 < metrics["steps"] < 60 and metrics["best_step"] in (5, 10)
     assert "test_acc" not in metrics and str(metrics["steps"]) in metrics["error"]
     best = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=True)
     assert all(torch.isfinite(t).all() for t in best["model"].values())
+
+
+def test_a_diverged_run_says_so_in_status_json_and_exits_non_zero(tmp_path):
+    run_dir = tmp_path / "run"
+    result = cli("logger=none", *NAN, f"hydra.run.dir={run_dir}")
+    assert result.returncode == 2
+    assert "cnnlab: error: the training loss became NaN or inf" in result.stderr and "Traceback" not in result.stderr
+    status = read_status(run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert status["status"] == "diverged" and metrics["status"] == "diverged"
+    assert status["step"] == metrics["steps"] and 10 < status["step"] < 60
+    assert status["error"] == f"DivergenceError: {metrics['error']}" and "NaN or inf" in status["error"]
+    (run,) = load_runs(tmp_path)  # the report lists it as failed, with the step
+    assert run.status == "failed" and run.error.startswith(f"diverged at step {status['step']}: the training loss")
 
 
 def test_unwritable_output_dir_is_one_clear_line(tmp_path):

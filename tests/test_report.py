@@ -10,7 +10,10 @@ import pytest
 import yaml
 
 from cnnlab.callbacks import write_status
+from cnnlab.errors import DataError, UserError
 from cnnlab.report import load_runs, main, report
+from cnnlab.training.stop import Interrupted
+from cnnlab.training.trainer import DivergenceError
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -22,7 +25,8 @@ def make_run(
     model: dict | None = None,
     steps: int = 40,
     status: str | None = None,
-    error: Exception | None = None,
+    error: BaseException | None = None,
+    **fields: object,
 ) -> Path:
     """A run dir as cnnlab leaves it: .hydra/, and metrics.json + history.jsonl when the run completed."""
     (job / ".hydra").mkdir(parents=True)
@@ -46,7 +50,7 @@ def make_run(
         ]
         (job / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
     if status is not None:
-        write_status(job, status, overrides, error)
+        write_status(job, status, overrides, error, **fields)
     return job
 
 
@@ -128,6 +132,60 @@ def test_a_diverged_run_is_a_failure_and_other_tasks_are_left_out(grid: Path) ->
     runs = {r.dir.name: r for r in load_runs(grid)}
     assert runs["8"].status == "failed" and runs["8"].error == "diverged: loss is nan at step 7"
     assert "9" not in runs and len(runs) == 9
+
+
+def test_a_rejected_run_is_not_a_run(grid: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """status rejected: a config or data error stopped it before any work. Neither listed nor counted."""
+    overrides = ["model.depth=44", "dataset=mnist", "dataset.download=false"]
+    make_run(grid / "8", overrides, status="rejected", error=DataError("no IDX files found in /data"))
+    assert [r.dir.name for r in load_runs(grid)] == [str(n) for n in range(8)]
+    report(grid, figures=False)
+    results = (grid / "results.md").read_text()
+    assert "8 runs: 8 completed, 0 failed, 0 unfinished" in results
+    assert "`8`" not in results and "no IDX files" not in results and "Unfinished runs" not in results
+    assert "model.depth=44" not in capsys.readouterr().out
+
+
+def test_a_dir_holding_only_rejected_runs_has_no_runs(tmp_path: Path) -> None:
+    make_run(tmp_path / "0", ["model.depth=20"], status="rejected", error=DataError("no IDX files found"))
+    with pytest.raises(UserError, match="no runs under"):
+        report(tmp_path)
+    assert not (tmp_path / "results.md").exists()
+
+
+def test_an_interrupted_run_is_unfinished_with_its_step_and_resume_command(
+    grid: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    overrides = ["model.depth=44", "model.residual=true", "seed=0"]
+    command = f"python -m cnnlab {' '.join(overrides)} runtime.resume={grid / '8'}"
+    stopped = Interrupted("SIGTERM", 37, str(grid / "8" / "checkpoints" / "last.pt"))
+    make_run(grid / "8", overrides, status="interrupted", error=stopped, step=37, resume_command=command)
+    (run,) = [r for r in load_runs(grid) if r.dir.name == "8"]
+    assert run.status == "unfinished" and run.error is None
+    report(grid, figures=False)
+    results = (grid / "results.md").read_text()
+    assert "9 runs: 8 completed, 0 failed, 1 unfinished" in results and "Failed runs" not in results
+    unfinished = results.split("## Unfinished runs")[1]
+    assert f"- `8` (model.depth=44 model.residual=true seed=0): interrupted at step 37, resume with `{command}`" in (
+        unfinished
+    )
+    assert f"unfinished: 8 ({' '.join(overrides)}) interrupted at step 37, resume with `{command}`" in (
+        capsys.readouterr().out
+    )
+
+
+def test_a_diverged_status_is_a_failure_with_its_step_and_error(grid: Path) -> None:
+    overrides = ["model.depth=56", "model.residual=false", "seed=0", "optimizer.lr=10"]
+    message = "the training loss became NaN or inf at step 12 (lr 10). Lower the learning rate: try optimizer.lr=1"
+    job = make_run(grid / "8", overrides, status="diverged", error=DivergenceError(message, None), step=12)
+    diverged = {"status": "diverged", "error": message, "steps": 12, "best_step": 10, "best_val_acc": 0.3}
+    (job / "metrics.json").write_text(json.dumps(diverged))  # as task=classify leaves it
+    (run,) = [r for r in load_runs(grid) if r.dir.name == "8"]
+    assert run.status == "failed" and run.error == f"diverged at step 12: {message}"
+    report(grid, figures=False)
+    results = (grid / "results.md").read_text()
+    assert "9 runs: 8 completed, 1 failed, 0 unfinished" in results
+    assert f"- `8` ({' '.join(overrides)}): diverged at step 12: {message}" in results.split("## Failed runs")[1]
 
 
 def test_completed_run_wins_over_a_stale_status(grid: Path) -> None:

@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from cnnlab import checkpoint
+from cnnlab.callbacks import read_status
 from cnnlab.errors import CheckpointError
+from cnnlab.report import load_runs
 from cnnlab.training.trainer import truncate_history
 from tests.conftest import ROOT, cli, run_app
 
@@ -91,10 +93,12 @@ def test_sigkill_mid_epoch_then_resume_auto_is_bit_identical(reference, tmp_path
     (run_dir,) = [p.parent for p in out.rglob("checkpoints")]
     assert checkpoint.load(run_dir / "checkpoints" / "last.pt")["train_state"]["step"] == 30
     assert not (run_dir / "metrics.json").exists()
+    assert read_status(run_dir)["status"] == "running"  # a SIGKILL leaves no word: the report calls it unfinished
 
     resumed = cli(*RUN, f"paths.output_dir={out}", "runtime.resume=auto")
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(run_dir, reference)
+    assert read_status(run_dir)["status"] == "completed"
     assert len(list(out.rglob("overrides.yaml"))) == 2  # one run dir: .hydra/ as started, .hydra/resume/
     assert "runtime.resume" not in (run_dir / ".hydra" / "overrides.yaml").read_text()
 
@@ -110,9 +114,21 @@ def test_signal_writes_checkpoint_prints_resume_command_and_resumes(reference, t
     assert "resume with: python -m cnnlab" in stopped.stderr and f"runtime.resume={run_dir}" in stopped.stderr
     assert checkpoint.load(run_dir / "checkpoints" / "last.pt")["train_state"]["step"] == KILL_AT
     assert not (run_dir / "metrics.json").exists()
+    status = read_status(run_dir)
+    command = status["resume_command"]
+    assert status["status"] == "interrupted" and status["step"] == KILL_AT
+    assert command.startswith("python -m cnnlab ") and command.endswith(f"runtime.resume={run_dir}")
+    assert status["error"].startswith(f"Interrupted: interrupted by {sig.name} at step {KILL_AT}")
+    (run,) = load_runs(tmp_path)  # the report: unfinished, with where it stopped and how to continue
+    assert run.status == "unfinished" and run.note == f"interrupted at step {KILL_AT}, resume with `{command}`"
 
-    run_app(tmp_path / "unused", *RUN, f"runtime.resume={run_dir / 'checkpoints' / 'last.pt'}")
+    # the resume, as a user runs it (status.json is the Hydra job's): outputs elsewhere go to tmp_path
+    last = run_dir / "checkpoints" / "last.pt"
+    resumed = cli(*RUN, f"paths.output_dir={tmp_path / 'outputs'}", f"runtime.resume={last}")
+    assert resumed.returncode == 0, resumed.stderr
     assert_same_run(run_dir, reference)
+    assert read_status(run_dir)["status"] == "completed" and "previous" not in read_status(run_dir)
+    assert not (tmp_path / "outputs").exists()  # it continued in the original run dir
 
 
 def test_resume_with_another_model_says_what_differs(reference, tmp_path):
@@ -126,3 +142,22 @@ def test_truncate_history_keeps_rows_up_to_the_checkpoint(tmp_path):
     path.write_text('{"step": 10}\n{"step": 20}\n{"step": 30}\n{"st')  # the last line was cut by a kill
     truncate_history(path, 20)
     assert path.read_text() == '{"step": 10}\n{"step": 20}\n'
+
+
+def test_checkpoints_of_cnnlab_0_1_compare_by_their_result_keys(tmp_path):
+    """0.1 kept runtime keys under trainer and had dataset.augment: null; neither is a different result."""
+    from cnnlab.resume import check_same_run
+
+    old = {"trainer": {"epochs": 5, "device": "cpu", "threads": 2}, "dataset": {"augment": None}, "seed": 0}
+    now = {
+        "trainer": {"epochs": 5, "overfit_batches": 0},
+        "runtime": {"device": "auto", "threads": None},
+        "dataset": {"augment": {"pad": 0, "flip": False}},
+        "seed": 0,
+    }
+    check_same_run(old, now, tmp_path / "checkpoints" / "last.pt")
+    augmented = {**now, "dataset": {"augment": {"pad": 4, "flip": False}}}
+    with pytest.raises(CheckpointError, match="dataset.augment.pad: '<unset>' in the checkpoint, 4 now"):
+        check_same_run(old, augmented, tmp_path / "checkpoints" / "last.pt")
+    with pytest.raises(CheckpointError, match="trainer.epochs: 5 in the checkpoint, 6 now"):
+        check_same_run(old, {**now, "trainer": {"epochs": 6}}, tmp_path / "checkpoints" / "last.pt")

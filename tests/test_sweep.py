@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import warnings
@@ -133,10 +134,36 @@ def test_main_refuses_what_is_not_a_grid(args, message, tmp_path: Path, capsys: 
     assert not (tmp_path / "s.yaml").exists()
 
 
-def test_main_refuses_the_multirun_flag(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("flag", ["-m", "--multirun"])
+def test_main_refuses_the_multirun_flag(
+    flag: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Past `--` argparse hands the flag over as an override: the check of main itself refuses it."""
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
-        main(["-m", "seed=0,1"])
+        main(["--", "seed=0,1", flag])
     assert exit_info.value.code == 2
+    assert "pass overrides only: each agent run is one job, so the command has no -m" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # no sweep-*.yaml written
+    with pytest.raises(SystemExit) as exit_info:  # as a user types it: the flag first
+        main([flag, "seed=0,1"])
+    assert exit_info.value.code == 2 and "the command has no -m" in capsys.readouterr().err
+
+
+def test_git_ignores_the_sweep_yaml_written_into_the_repo_root() -> None:
+    """`cnnlab sweep` run in a checkout writes sweep-<name>.yaml there; it is output, not source."""
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    inside = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True)
+    if inside.returncode != 0 or Path(inside.stdout.strip()).resolve() != root:
+        pytest.skip("not a git checkout of cnnlab")
+
+    def ignored(path: str) -> bool:
+        return subprocess.run(["git", "check-ignore", "-q", path], cwd=root).returncode == 0
+
+    assert ignored("sweep-degradation_grid.yaml") and ignored("sweep.yaml")
+    assert not ignored("conf/experiment/sweep_lr.yaml")  # configs that happen to be named sweep* stay tracked
 
 
 def test_wandb_agent_command_runs_one_job_and_joins_the_agents_run(tmp_path: Path) -> None:

@@ -40,9 +40,12 @@ def test_training_writes_metrics_history_checkpoints_figures(trained):
     assert metrics.keys() >= METRIC_KEYS
     assert metrics["params"] == 784 * 64 + 64 + 64 * 10 + 10
     assert metrics["steps"] == 60 and metrics["epochs"] == pytest.approx(60 / 55)
-    assert value == metrics["val_acc"] and metrics["best_val_acc"] >= metrics["val_acc"]
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     assert [r["step"] for r in history] == [20, 40, 60]
+    best = next(r for r in history if r["step"] == metrics["best_step"])
+    assert value == metrics["val_acc"] == best["val_acc"]  # best.pt's, recomputed after training
+    assert metrics["best_val_acc"] == max(r["val_acc"] for r in history)
+    assert metrics["last_val_acc"] == history[-1]["val_acc"]
     assert history[-1]["train_loss"] < history[0]["train_loss"] < 2.3  # it learns
     assert metrics["test_acc"] > 0.8  # real digits; chance is 0.1
     assert {"lr", "val_loss", "train_acc", "epoch"} <= history[0].keys()
@@ -90,6 +93,32 @@ def test_evaluate_reproduces_test_acc(trained, tmp_path):
     assert evaluated["test_loss"] == pytest.approx(metrics["test_loss"], abs=1e-6)
     assert {"class0_precision", "class9_recall", "class3_f1"} <= evaluated.keys()
     assert (tmp_path / "figures" / "confusion_matrix.png").exists()
+
+
+def test_the_best_evaluation_before_the_last_is_the_one_tested(tmp_path):
+    """lr 0.1 for 15 steps, then 3.0: val accuracy peaks at step 15 and collapses after, so best.pt is not the end
+    of training. The metrics, best.pt and `task=evaluate` must all be of the step-15 weights."""
+    run_dir = tmp_path / "run"
+    run_app(
+        run_dir, "model.hidden=[16]", "trainer.max_steps=30", "trainer.eval_every=5", "runtime.figures=false",
+        "scheduler=multistep", "scheduler.unit=step", "scheduler.milestones=[15]", "scheduler.gamma=30",
+    )  # fmt: skip
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in history] == [5, 10, 15, 20, 25, 30] and metrics["steps"] == 30
+    best = max(history, key=lambda r: r["val_acc"])
+    assert metrics["best_step"] == best["step"] < metrics["steps"]
+    assert metrics["val_acc"] == best["val_acc"] == metrics["best_val_acc"]
+    assert metrics["last_val_acc"] == history[-1]["val_acc"] < best["val_acc"] - 0.2  # a collapse, not noise
+    assert checkpoint.load(run_dir / "checkpoints" / "best.pt")["train_state"]["step"] == best["step"]
+
+    best_pt = run_dir / "checkpoints" / "best.pt"
+    assert run_app(tmp_path / "val", "task=evaluate", "task.split=val", f"checkpoint={best_pt}") == metrics["val_acc"]
+    evaluated = run_app(tmp_path / "test", "task=evaluate", f"checkpoint={best_pt}")
+    assert evaluated == metrics["test_acc"]
+    assert json.loads((tmp_path / "test" / "metrics.json").read_text())["test_loss"] == pytest.approx(
+        metrics["test_loss"], abs=1e-6
+    )
 
 
 def test_max_steps_and_no_checkpoint(tmp_path):
