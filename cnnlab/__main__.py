@@ -13,7 +13,8 @@ import hydra
 from omegaconf import DictConfig
 
 from cnnlab import CONF_DIR
-from cnnlab.config import explain, register, renamed
+from cnnlab.config import register
+from cnnlab.config_errors import explain, renamed
 from cnnlab.errors import UserError
 
 register()

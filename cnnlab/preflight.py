@@ -69,7 +69,7 @@ def check_sweep(config: DictConfig) -> None:
     import yaml
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from cnnlab.config import bad_type
+    from cnnlab.config_errors import bad_type
 
     validate(config)
     params = config.hydra.sweeper.get("params") or {}

@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from cnnlab.config import MOVED
+from cnnlab.config_errors import MOVED
 from cnnlab.errors import CheckpointError, ConfigError
 from cnnlab.results import flat
 

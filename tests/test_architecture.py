@@ -14,6 +14,7 @@ LAYERS = {
     "cnnlab": 1,  # __init__: version and the conf dir
     "cnnlab.errors": 1,
     "cnnlab.config": 1,
+    "cnnlab.config_errors": 1,
     "cnnlab.checkpoint": 1,
     "cnnlab.models": 2,
     "cnnlab.data": 2,

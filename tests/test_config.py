@@ -24,7 +24,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cnnlab import CONF_DIR
-from cnnlab.config import GROUPS, SCHEMAS, Config, explain, register, renamed, validate
+from cnnlab.config import GROUPS, SCHEMAS, Config, register, validate
+from cnnlab.config_errors import explain, renamed
 from cnnlab.errors import ConfigError
 from tests.conftest import cli, run_app
 
@@ -423,7 +424,7 @@ def test_renamed(old, new):
 
 
 def test_every_moved_key_is_a_runtime_key_and_no_longer_a_trainer_key():
-    from cnnlab.config import MOVED
+    from cnnlab.config_errors import MOVED
 
     runtime = {f.name for f in fields(SCHEMAS["runtime"]["default"])}
     trainer = {f.name for f in fields(SCHEMAS["trainer"]["default"])}
