@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from cnnlab import figures
 from cnnlab.cam import class_activation_maps, grad_cam, normalize_per_image
 from cnnlab.errors import CheckpointError, ConfigError
 from cnnlab.models.fully_conv import FullyConvNet
@@ -84,16 +85,27 @@ def test_cam_end_to_end_on_canvases(tmp_path, mnist_checkpoint, method):  # noqa
     assert (tmp_path / "figures" / "cam.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_cam_overlays_on_cifar_test_images(tmp_path, cifar_checkpoint):  # noqa: F811
+def test_cam_overlays_on_cifar_test_images(tmp_path, cifar_checkpoint, monkeypatch):  # noqa: F811
     overrides = ["task=cam", f"checkpoint={cifar_checkpoint}", "task.figure_count=6"]
     with pytest.raises(ConfigError, match="task.monitor='loc_acc'.*source=test"):  # no boxes on test images
         run_app(tmp_path / "a", *overrides, "task.source=test", "task.monitor=loc_acc")
     with pytest.raises(ConfigError, match="MNIST-family"):
         run_app(tmp_path / "b", *overrides)
+    drawn = {}
+    real_box_grid = figures.box_grid
+
+    def box_grid(*args, **kwargs):  # what the figure is drawn with: class names, a colour bar, the run's name
+        drawn.update(kwargs, title=args[5])
+        return real_box_grid(*args, **kwargs)
+
+    monkeypatch.setattr(figures, "box_grid", box_grid)
     result = run_app(tmp_path / "c", *overrides, "task.source=test")  # the monitor follows the source: cls_acc
     metrics = json.loads((tmp_path / "c" / "metrics.json").read_text())
     assert metrics["images"] == 50 and metrics["dataset"] == "cifar10" and result == metrics["cls_acc"]
     assert (tmp_path / "c" / "figures" / "cam.png").is_file()
+    assert drawn["class_names"][0] == "airplane" and drawn.get("colorbar", True)
+    assert all(c.startswith("pred ") and c.split()[1].isalpha() for c in drawn["captions"])  # names, not numbers
+    assert "resnet8-res-s0" in drawn["title"] and "cifar10" in drawn["title"]
 
 
 def test_cam_checks_its_options_before_work(tmp_path, mnist_checkpoint):  # noqa: F811

@@ -172,3 +172,20 @@ def test_eval_test_adds_test_curves_without_changing_the_choice(tmp_path):
     assert all("test_acc" in r and "test_loss" in r for r in history)
     best = max(history, key=lambda r: r["val_acc"])  # the first best on val, as the trainer keeps it
     assert metrics["best_step"] == best["step"] and metrics["test_acc"] == pytest.approx(best["test_acc"])
+
+
+def test_figures_name_their_run_and_the_run_dir_is_printed_whole(tmp_path, monkeypatch, capsys):
+    from cnnlab import figures
+
+    titles = {}
+    real_curves, real_matrix = figures.training_curves, figures.confusion_matrix
+    monkeypatch.setattr(figures, "training_curves", lambda h, p, title=None: titles.setdefault("curves", title)
+                        and real_curves(h, p, title))  # fmt: skip
+    monkeypatch.setattr(figures, "confusion_matrix", lambda m, p, title="", class_names=None: titles.setdefault(
+        "matrix", title) and real_matrix(m, p, title, class_names))  # fmt: skip
+    run_dir = tmp_path / ("a-long-directory-name-" * 6) / "run"  # longer than a terminal line
+    run_app(run_dir, "model.hidden=[8]", "trainer.max_steps=3", "seed=3")
+    assert titles["curves"] == "mlp-s3 on mnist_sample" and titles["matrix"].startswith("mlp-s3 on mnist_sample")
+    err = capsys.readouterr().err
+    assert f"run dir: {run_dir}\n" in err  # on its own line, never wrapped mid-name
+    assert f"figure: {run_dir / 'figures' / 'training_curves.png'}\n" in err
