@@ -311,7 +311,19 @@ class Config:
     """The root: one seed drives everything; checkpoint names the trained model of evaluate, localize and cam."""
 
     seed: int = 0
-    checkpoint: Optional[str] = None
+    checkpoint: Optional[str] = None  # required by evaluate, localize and cam
+
+    @staticmethod
+    def cross_checks(node: DictConfig) -> Iterator[ConfigError]:
+        task = node.get("task")
+        if isinstance(task, DictConfig) and task.get("name") in ("evaluate", "localize", "cam") and not node.checkpoint:
+            yield ConfigError(
+                "checkpoint",
+                None,
+                f"a checkpoint path or wandb:<entity>/<project>/<artifact>:<alias> for task={task.name}",
+                "checkpoint=outputs/<date>/<time>/checkpoints/best.pt",
+            )
+
     task: Any = "???"  # a config group
     model: Any = "???"  # a config group
     dataset: Any = "???"  # a config group

@@ -13,7 +13,8 @@ class ConfigError(UserError):
     def __init__(self, key: str, value: object, allowed: str, fix: str | None = None) -> None:
         self.key, self.value, self.allowed, self.fix = key, value, allowed, fix
         fix = fix or f"{key}=<value>"
-        super().__init__(f"{key}={value!r} is not allowed: {allowed}. Fix it with the override `{fix}`.")
+        shown = "null" if value is None else repr(value)  # as the command line writes it
+        super().__init__(f"{key}={shown} is not allowed: {allowed}. Fix it with the override `{fix}`.")
 
     def __reduce__(self) -> tuple:
         # picklable, so a joblib or submitit worker can send the failure back to the sweep

@@ -26,6 +26,10 @@ class Preflight(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             validate(config)
+            if str(config.runtime.device).startswith("cuda"):  # no GPU: say so before a run dir exists
+                from cnnlab.run import resolve_device
+
+                resolve_device(str(config.runtime.device))
             spec = config.runtime.get("resume") if "runtime" in config else None
             if spec:
                 self._continue_run(config, str(spec))
@@ -64,29 +68,40 @@ class Preflight(Callback):
 _ABSENT = object()
 
 
-def check_sweep(config: DictConfig) -> None:
-    """Validate every value the sweep will set: each swept key in turn, on the base config."""
+def check_sweep(config: DictConfig, lines: list[str] | None = None) -> None:
+    """Validate every value the sweep will set: each swept key in turn, on the base config.
+
+    `lines` are the sweep's overrides; by default hydra.sweeper.params and the command line's."""
     import yaml
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from cnnlab.config_errors import bad_type
+    from cnnlab.config import SCHEMAS
+    from cnnlab.config_errors import bad_type, unknown_key
 
     validate(config)
     params = config.hydra.sweeper.get("params") or {}
-    lines = [*(f"{k}={v}" for k, v in params.items()), *config.hydra.overrides.task]
+    lines = lines if lines is not None else [*(f"{k}={v}" for k, v in params.items()), *config.hydra.overrides.task]
     for override in OverridesParser.create().parse_overrides(lines):
         key = override.get_key_element()
-        if not override.is_sweep_override() or key.startswith("hydra") or "." not in key and key != "seed":
+        if not override.is_sweep_override() or override.is_interval_sweep():  # interval(): a search, not a grid
+            continue
+        if key.startswith("hydra") or "." not in key and key != "seed":
             continue  # group choices (model=mlp,resnet) are checked as each job composes
         absent = OmegaConf.select(config, key, default=_ABSENT) is _ABSENT
         if absent and _sweeps_a_group(lines):
             continue  # a key of an option another swept choice brings (experiment=a,b model.depth=8,14)
+        group = key.split(".")[0]
+        composed = OmegaConf.get_type(config[group]) if group in SCHEMAS else None
+        chosen = next((o for o, s in SCHEMAS.get(group, {}).items() if s is composed), None)
+        options = {group: chosen} if chosen else {}
+        if absent:  # model.depth=20,32 with model=mlp: say which option has the key
+            raise unknown_key(key, next(iter(override.sweep_string_iterator())), options)
         for value in override.sweep_string_iterator():
             trial = copy.deepcopy(config)
             try:
                 OmegaConf.update(trial, key, yaml.safe_load(value), merge=False)
             except Exception:
-                raise bad_type(key, value) from None
+                raise bad_type(key, value, options) from None
             validate(trial)
 
 

@@ -115,7 +115,8 @@ def varying_overrides(runs: Sequence[Run]) -> list[str]:
     for run in runs:
         for key, value in _split(run.overrides).items():
             values.setdefault(key, set()).add(value)
-    keys = [k for k, v in values.items() if k not in ("seed", *MODEL_COLUMNS)]
+    how = ("runtime.", "logger", "paths.", "hydra", "trainer.resume", "launcher", "dataset.root", "dataset.download")
+    keys = [k for k in values if k not in ("seed", *MODEL_COLUMNS) and not k.startswith(how)]  # not the result
     return [k for k in keys if len(values[k]) > 1 or any(k not in _split(r.overrides) for r in runs)]
 
 
@@ -147,7 +148,7 @@ def cells(row: Row, setting_keys: Sequence[str]) -> list[str]:
         _params(int(row.runs[0].metrics["params"])),  # type: ignore[index]
         f"{100 * row.mean('best_val_acc'):.2f}",
         f"{100 * row.mean('test_acc'):.2f} ± {100 * row.std('test_acc'):.2f}",
-        str(len(row.runs)),
+        str(len({r.get("seed") for r in row.runs})),  # distinct seeds (a run repeated is one seed)
         f"{row.mean('epochs'):.2f}" if row.mean("epochs") < 10 else f"{row.mean('epochs'):.0f}",
         _duration(row.mean("seconds")),
         *([" ".join(f"{k}={v}" for k, v in zip(setting_keys, setting, strict=True))] if setting_keys else []),

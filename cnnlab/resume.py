@@ -44,7 +44,7 @@ def find_checkpoint(spec: str, output_dir: Path, overrides: Sequence[str]) -> Pa
         if not path.is_file():
             raise CheckpointError(
                 f"runtime.resume={spec}: {path} does not exist; the run stopped before its first checkpoint "
-                "(or ran with trainer.checkpoint=false). Start it again without runtime.resume."
+                "(or ran with runtime.checkpoint=false). Start it again without runtime.resume."
             )
         return path
     if path.is_file() and path.parent.name == "checkpoints":

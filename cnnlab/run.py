@@ -74,7 +74,7 @@ def run_info(cfg: DictConfig) -> RunInfo:
     n_jobs = hc.launcher.get("n_jobs") if multirun else None
     cpus = hc.launcher.get("cpus_per_task") if multirun else None
     return RunInfo(
-        run_dir=Path(hc.runtime.output_dir),
+        run_dir=Path(hc.runtime.output_dir).absolute(),  # whole paths in what the run prints
         overrides=tuple(hc.overrides.task),
         multirun=multirun,
         sweep_dir=Path(hc.sweep.dir) if multirun else None,

@@ -23,7 +23,9 @@ from omegaconf import OmegaConf
 
 from cnnlab import CONF_DIR
 from cnnlab.config import register
+from cnnlab.config_errors import explain
 from cnnlab.errors import UserError
+from cnnlab.preflight import check_sweep
 
 
 def hydra_grid(overrides: Sequence[str]) -> tuple[list[list[str]], list[str]]:
@@ -35,11 +37,16 @@ def hydra_grid(overrides: Sequence[str]) -> tuple[list[list[str]], list[str]]:
         raise UserError(f"cannot parse the overrides: {e}") from None
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     register()  # the schemas the YAML options start from
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=fixed, return_hydra_config=True)
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=fixed, return_hydra_config=True)
+    except Exception as e:  # a typo: the one-line message of the app
+        mapped = explain(e, fixed)
+        raise (mapped or UserError(" ".join(str(e).split()))) from None
     params = cfg.hydra.sweeper.params
     swept = [f"{k}={v}" for k, v in OmegaConf.to_container(params).items()] if params else []  # type: ignore[union-attr]
     swept += [o.input_line for o in parsed if o.is_sweep_override()]
+    check_sweep(cfg, swept)  # every value the agents will set, as `python -m cnnlab -m` checks them
     try:
         batches = BasicSweeper.split_arguments(parser.parse_overrides(swept), max_batch_size=None)
     except HydraException as e:

@@ -44,7 +44,13 @@ def _compose(overrides: tuple[str, ...], hydra: bool) -> DictConfig:
 
 
 def composed(*overrides: str) -> DictConfig:
-    """The app config as `python -m cnnlab <overrides>` composes it (Hydra takes ~0.3 s a composition: cached)."""
+    """The app config as `python -m cnnlab <overrides>` composes it (Hydra takes ~0.3 s a composition: cached).
+
+    Tasks on a trained model get a checkpoint path (they require one; the file is not read here)."""
+    if any(o in ("task=evaluate", "task=localize", "task=cam") for o in overrides):
+        overrides = (
+            (*overrides, "checkpoint=trained/best.pt") if not any("checkpoint=" in o for o in overrides) else overrides
+        )
     return copy.deepcopy(_compose(overrides, False))
 
 
@@ -326,6 +332,7 @@ CLI_ERRORS = [
     ("model=resnet model.width=-16", "model.width", "model.width=16"),
     ("optimizer.momentum=2", "optimizer.momentum", "optimizer.momentum=0.9"),
     ("model=vgg", "model", "model=mlp"),
+    ("task=evaluate", "checkpoint", "checkpoint=outputs/<date>/<time>/checkpoints/best.pt"),  # required
     ("+trainer.foo=1", "trainer.foo", None),
     # a key of another option of the group (the default model is mlp): not "unknown", and a fix that works
     ("model.depth=56", "model.depth", "model=resnet model.depth=56"),

@@ -293,3 +293,18 @@ def test_submitit_local_runs_a_two_job_grid(tmp_path: Path) -> None:
     assert seeds == [0, 1]
     assert "2 of 2 jobs completed, 0 failed" in done.stderr
     assert "1 torch thread\n" in next((sweep / "0").glob("*.log")).read_text()  # cpus_per_task: 1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [
+        (["model.depth=20,32"], "model=mlp has no key 'depth'; it is a key of model=resnet"),
+        (["model=resnet", "model.depth=20,21"], "model.depth=21 is not allowed"),
+        (["model=resnet", "optimizer.lr=0.1,-1"], "optimizer.lr=-1.0 is not allowed"),
+        (["model=vgg", "seed=0,1"], "model='vgg' is not allowed: one of mlp, resnet"),
+    ],
+)
+def test_the_wandb_grid_is_checked_as_the_multirun_checks_it(overrides, says):
+    """A W&B sweep YAML whose agent runs would all fail is refused with the app's one-line message."""
+    with pytest.raises(ConfigError, match=says):
+        sweep_config(overrides)

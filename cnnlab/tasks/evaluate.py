@@ -24,6 +24,12 @@ def run(ctx: Context) -> TaskResult:
     if ignored:
         log.warning("task=evaluate rebuilds the model from the checkpoint: ignored %s", ", ".join(ignored))
     model, saved, state = restore_model(cfg.checkpoint, ctx.device, ctx.run_dir)
+    if ctx.info.on_command_line("dataset") and cfg.dataset.name != saved.dataset.name:
+        log.warning(
+            "task=evaluate tests on the checkpoint's dataset, %s: ignored dataset=%s (dataset.root is used)",
+            saved.dataset.name,
+            cfg.dataset.name,
+        )
     dataset = trained_dataset(saved, cfg, ctx.info)
     trainer = Trainer(trained_precision(ctx, saved), ctx.device, ctx.run_dir, ctx.logger, runtime=layout(ctx, saved))
     with boundary("runtime.channels_last", trainer.runtime.channels_last, "runtime.channels_last=auto"):

@@ -13,6 +13,7 @@ from cnnlab.tasks.context import Context, TaskResult
 
 def publish(result: TaskResult, ctx: Context) -> float:
     """Write and show `result`; return its monitored value (what a Hydra sweeper optimizes)."""
+    result.metrics = {"status": "completed", **result.metrics}  # a diverged result says so itself
     write_json(ctx.run_dir / "metrics.json", result.metrics)
     ctx.logger.summary(result.metrics)
     if result.figures:
