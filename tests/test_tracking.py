@@ -44,6 +44,23 @@ def md5_base64(path: Path) -> str:
     return base64.b64encode(hashlib.md5(path.read_bytes()).digest()).decode()
 
 
+def artifact_records(path, expected: int, patience_s: float = 60.0) -> list:
+    """The artifact records of an offline run file. W&B's service process may still be writing the file's last
+    block (the artifacts come last) when finish() has returned on a loaded machine: read again until they are
+    there, or give up after `patience_s`."""
+    import time
+
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            artifacts = [r.artifact for r in wandb_records(path) if r.HasField("artifact")]
+        except Exception:  # a chunk still being written
+            artifacts = []
+        if len(artifacts) >= expected or time.monotonic() > deadline:
+            return artifacts
+        time.sleep(0.5)
+
+
 def test_wandb_offline_run_records_everything(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     run_app(
@@ -62,7 +79,8 @@ def test_wandb_offline_run_records_everything(tmp_path, monkeypatch):
     record = (run / f"run-{run_id}.wandb").read_bytes()
     assert b"mlp-s3" in record  # the readable run name
     # the checkpoint artifact: best.pt with alias best, then last.pt, which takes the alias latest from it
-    artifacts = [r.artifact for r in wandb_records(run / f"run-{run_id}.wandb") if r.HasField("artifact")]
+    artifacts = artifact_records(run / f"run-{run_id}.wandb", expected=2)
+    record = (run / f"run-{run_id}.wandb").read_bytes()  # complete now: the artifacts are written last
     assert [(a.name, a.type) for a in artifacts] == [(f"model-{run_id}", "model")] * 2
     best, last = artifacts
     assert "best" in best.aliases and list(last.aliases) == ["latest"]
