@@ -348,6 +348,21 @@ SCHEMAS: dict[str, dict[str, type]] = {
 }
 GROUPS = tuple(SCHEMAS)
 
+# How and where this machine runs a job, not what it computes: resume lets these change, the report does not
+# group runs by them.
+NOT_THE_RESULT = ("runtime", "logger", "paths", "dataset.root", "dataset.download", "dataset.classes", "checkpoint")
+
+
+def defines_result(key: str) -> bool:
+    """Whether a dotted config key is part of what a run computes (model, data, optimizer, steps, ...)."""
+    return not any(key == k or key.startswith(k + ".") for k in NOT_THE_RESULT)
+
+
+def option_of(group: str, node: Any) -> str | None:
+    """The option of `group` whose schema types `node` (a composed node, or the schema class itself)."""
+    schema = node if isinstance(node, type) else OmegaConf.get_type(node)
+    return next((option for option, s in SCHEMAS.get(group, {}).items() if s is schema), None)
+
 
 def paper_warmup(depth: int) -> int:
     """He et al. warm ResNet-110 up at lr 0.01 for about 400 iterations; shallower nets need none."""
@@ -415,9 +430,13 @@ def _check_node(node: DictConfig, prefix: str, schema: type) -> Iterator[ConfigE
         yield from cross(node)
 
 
-def error_for(key: str, value: Any, f: Any) -> ConfigError:
+def error_for(key: str, value: Any, f: Any, wrong_type: bool = False) -> ConfigError:
+    """The ConfigError for a value of schema field `f`: its range, the type too when the type was wrong."""
     allowed = f.metadata.get("allowed", type_text(f.type))
     allowed = allowed(value) if callable(allowed) else allowed
+    words = ("integer", "number", "true or false", "text")
+    if wrong_type and allowed != type_text(f.type) and not any(w in allowed for w in words):
+        allowed = f"{type_text(f.type)}: {allowed}"  # the range alone would not say the type
     return ConfigError(key, value, allowed, f"{key}={yaml_text(fix_value(f, value))}")
 
 

@@ -9,7 +9,7 @@ import difflib
 from dataclasses import fields
 from typing import Any
 
-from cnnlab.config import SCHEMAS, Config, dataclass_in, fix_value, type_text, yaml_text
+from cnnlab.config import SCHEMAS, Config, dataclass_in, error_for, fix_value, option_of, yaml_text
 from cnnlab.errors import ConfigError
 
 
@@ -54,12 +54,7 @@ def keys_of(key: str, options: dict[str, str] | None = None) -> list[str]:
         schemas = [SCHEMAS[group][chosen]]
     names: list[str] = []
     for schema in schemas:
-        node = schema
-        for name in path:
-            match = next((f for f in fields(node) if f.name == name), None)
-            node = dataclass_in(match.type) if match else None
-            if node is None:
-                break
+        node = dataclass_in(_field_at(schema, path).type) if path and _field_at(schema, path) else schema
         names += [f.name for f in fields(node) if not f.name.startswith("_") and f.name not in names] if node else []
     return names
 
@@ -98,21 +93,13 @@ def unknown_key(key: str, value: str, options: dict[str, str] | None = None) -> 
         others = [o for o in SCHEMAS.get(group, {}) if o != chosen and keys_of(f"{group}.x", {group: o})]
         return ConfigError(key, value, f"{where} has no keys" + (f" with {group}={chosen}" if chosen else ""),
                            f"{group}={others[0]}" if others else None)  # fmt: skip
-    fix = f"{parent + '.' if parent else ''}{close[0]}={value}" if close else f"{parent or 'seed'}..."
-    if not close and known:
-        fix = f"{parent + '.' if parent else ''}{known[0]}=<value>"
+    fix = f"{parent + '.' if parent else ''}" + (f"{close[0]}={value}" if close else f"{known[0]}=<value>")
     return ConfigError(key, value, f"{where} has no key {name!r}; its keys are {', '.join(known)}", fix)
 
 
 def bad_type(key: str, value: str, options: dict[str, str] | None = None) -> ConfigError:
     f = schema_field(key, options)
-    if f is None:
-        return ConfigError(key, value, "a value of the right type")
-    allowed = f.metadata.get("allowed", type_text(f.type))
-    allowed = allowed(value) if callable(allowed) else allowed
-    if allowed != type_text(f.type) and not any(w in allowed for w in ("integer", "number", "true or false", "text")):
-        allowed = f"{type_text(f.type)}: {allowed}"  # the range alone would not say the type
-    return ConfigError(key, value, allowed, f"{key}={yaml_text(fix_value(f, value))}")
+    return error_for(key, value, f, wrong_type=True) if f else ConfigError(key, value, "a value of the right type")
 
 
 def _options_with(key: str) -> list[str]:
@@ -173,7 +160,7 @@ def explain(error: BaseException, overrides: list[str]) -> ConfigError | None:
     if not key:
         return None
     group = key.split(".")[0]
-    composed = next((o for o, s in SCHEMAS.get(group, {}).items() if s is getattr(cause, "object_type", None)), None)
+    composed = option_of(group, getattr(cause, "object_type", None))
     if composed is not None:  # the option Hydra composed (a default, an experiment's, or a multirun's base config)
         options[group] = composed
     value = given.get(key, "")

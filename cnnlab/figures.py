@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from cnnlab.results import class_name
+
 PANEL_IN = 1.9  # inches per image panel, whatever the pixel size (32 px CIFAR and 128 px canvases alike)
 CAPTION_PT = 7.0
 COLORBAR_LABEL = "map, normalized to [0, 1]"
@@ -132,7 +134,7 @@ def _box_grid_figure(
         boxes = [(b, int(c), "lime") for b, c in zip(truth.boxes[i], truth.labels[i], strict=True)] if truth else []
         boxes += [(b, int(c), "red") for b, c in zip(found[i].boxes, found[i].labels, strict=True)]
         for box, label, color in boxes:
-            _draw_box(ax, box.tolist(), _class_name(label, class_names), color)
+            _draw_box(ax, box.tolist(), class_name(label, class_names), color)
         if wrapped:
             ax.set_title(wrapped[i], fontsize=CAPTION_PT, pad=3)
     if bar:
@@ -162,10 +164,6 @@ def _draw_box(ax: Any, box: list[float], label: str, color: str) -> None:
         fontsize=7,
         va="top" if below else "bottom",
     )
-
-
-def _class_name(label: int, class_names: Sequence[str] | None) -> str:
-    return str(class_names[label]) if class_names is not None and 0 <= label < len(class_names) else str(label)
 
 
 def _wrap_captions(captions: Sequence[str], panel_in: float, fontsize: float) -> list[str]:

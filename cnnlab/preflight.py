@@ -75,41 +75,35 @@ def check_sweep(config: DictConfig, lines: list[str] | None = None) -> None:
     import yaml
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from cnnlab.config import SCHEMAS
+    from cnnlab.config import option_of
     from cnnlab.config_errors import bad_type, unknown_key
 
     validate(config)
     params = config.hydra.sweeper.get("params") or {}
     lines = lines if lines is not None else [*(f"{k}={v}" for k, v in params.items()), *config.hydra.overrides.task]
-    for override in OverridesParser.create().parse_overrides(lines):
-        key = override.get_key_element()
-        if not override.is_sweep_override() or override.is_interval_sweep():  # interval(): a search, not a grid
+    # interval(...) is a search, not a grid; group choices (model=mlp,resnet) are checked as each job composes
+    swept = [o for o in OverridesParser.create().parse_overrides(lines) if o.is_sweep_override()]
+    keys = [o.get_key_element() for o in swept]
+    choices = any("." not in k and k != "seed" and not k.startswith("hydra") for k in keys)  # experiment=a,b
+    for override, key in zip(swept, keys, strict=True):
+        if override.is_interval_sweep() or key.startswith("hydra") or "." not in key and key != "seed":
             continue
-        if key.startswith("hydra") or "." not in key and key != "seed":
-            continue  # group choices (model=mlp,resnet) are checked as each job composes
         absent = OmegaConf.select(config, key, default=_ABSENT) is _ABSENT
-        if absent and _sweeps_a_group(lines):
+        if absent and choices:
             continue  # a key of an option another swept choice brings (experiment=a,b model.depth=8,14)
         group = key.split(".")[0]
-        composed = OmegaConf.get_type(config[group]) if group in SCHEMAS else None
-        chosen = next((o for o, s in SCHEMAS.get(group, {}).items() if s is composed), None)
+        chosen = option_of(group, config[group]) if isinstance(config.get(group), DictConfig) else None
         options = {group: chosen} if chosen else {}
+        values = list(override.sweep_string_iterator())
         if absent:  # model.depth=20,32 with model=mlp: say which option has the key
-            raise unknown_key(key, next(iter(override.sweep_string_iterator())), options)
-        for value in override.sweep_string_iterator():
+            raise unknown_key(key, values[0], options)
+        for value in values:
             trial = copy.deepcopy(config)
             try:
                 OmegaConf.update(trial, key, yaml.safe_load(value), merge=False)
             except Exception:
                 raise bad_type(key, value, options) from None
             validate(trial)
-
-
-def _sweeps_a_group(lines: list[str]) -> bool:
-    """Whether the sweep also sweeps a group choice (model=mlp,resnet or experiment=a,b)."""
-    return any(
-        "," in line and "." not in line.split("=", 1)[0] and not line.startswith(("seed=", "hydra")) for line in lines
-    )
 
 
 def ensure_writable(folder: Path) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.callbacks import sweep_statuses
+from cnnlab.config import defines_result
 from cnnlab.errors import UserError
 from cnnlab.figures import pyplot, save_figure
 
@@ -115,8 +116,8 @@ def varying_overrides(runs: Sequence[Run]) -> list[str]:
     for run in runs:
         for key, value in _split(run.overrides).items():
             values.setdefault(key, set()).add(value)
-    how = ("runtime.", "logger", "paths.", "hydra", "trainer.resume", "launcher", "dataset.root", "dataset.download")
-    keys = [k for k in values if k not in ("seed", *MODEL_COLUMNS) and not k.startswith(how)]  # not the result
+    launch = ("hydra", "launcher", "trainer.resume")  # where and how jobs were launched (0.1 named resume so)
+    keys = [k for k in values if k not in ("seed", *MODEL_COLUMNS) and defines_result(k) and not k.startswith(launch)]
     return [k for k in keys if len(values[k]) > 1 or any(k not in _split(r.overrides) for r in runs)]
 
 

@@ -64,6 +64,11 @@ def _format(value: Any) -> str:
     return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.4f}"
 
 
+def class_name(label: int, names: Sequence[str] | None) -> str:
+    """A class as people read it: its name when the dataset has names, else its number."""
+    return str(names[label]) if names is not None and 0 <= label < len(names) else str(label)
+
+
 def class_table(matrix: torch.Tensor, scores: dict[str, float], names: Sequence[str] | None = None) -> Table:
     """Precision, recall, F1 and support per class, as a rich table."""
     table = Table(title="per class", show_header=True)
@@ -71,7 +76,7 @@ def class_table(matrix: torch.Tensor, scores: dict[str, float], names: Sequence[
         table.add_column(column, justify="right")
     for c in range(matrix.shape[0]):
         table.add_row(
-            str(names[c]) if names is not None else str(c),
+            class_name(c, names),
             *(f"{scores[f'class{c}_{k}']:.4f}" for k in ("precision", "recall", "f1")),
             str(int(matrix[c].sum())),
         )

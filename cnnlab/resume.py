@@ -14,18 +14,17 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from cnnlab.config import defines_result
 from cnnlab.config_errors import MOVED
 from cnnlab.errors import CheckpointError, ConfigError
 from cnnlab.results import flat
 
 ALLOWED = "a run dir, <run dir>/checkpoints/last.pt, or auto"
-# What does not change the result (how and where this machine runs it) may change on resume: the runtime
-# group, the logger, the output paths and where the data lies; the checkpoint to evaluate (other tasks).
-FREE = ("runtime", "logger", "paths", "dataset.root", "dataset.download", "dataset.classes", "checkpoint")
 
 
 def _differs(key: str, before: dict[str, Any], now: dict[str, Any]) -> bool:
-    if any(key == k or key.startswith(k + ".") for k in FREE):
+    """Whether `key` would make this run compute something else than the checkpoint's (how it runs may change)."""
+    if not defines_result(key):
         return False
     if key not in before:  # a key added to cnnlab since the checkpoint was written: same result at its neutral value
         return now.get(key) not in (None, 0, False)

@@ -27,6 +27,7 @@ from cnnlab.tasks.context import Context, RunInfo
 from cnnlab.tasks.parts import build
 from cnnlab.tasks.publish import publish, run_name
 from cnnlab.tracking import NullLogger
+from cnnlab.training.state import TrainState
 from cnnlab.training.stop import Interrupted, stop
 from cnnlab.training.trainer import DivergenceError
 
@@ -132,7 +133,7 @@ def load_resume(cfg: DictConfig, info: RunInfo) -> tuple[RunInfo, dict[str, Any]
     resume.check_same_run(state["config"], OmegaConf.to_container(cfg, resolve=True), path)  # type: ignore[arg-type]
     for stale in path.parent.glob(".*.tmp"):  # left by a kill during a checkpoint write
         stale.unlink()
-    step = state["train_state"]["step"] if "train_state" in state else state["progress"]["step"]
+    step = TrainState.from_checkpoint(state, torch.device("cpu")).step  # reads 0.1's layout too
     log.info("resuming %s from step %d", resume.run_dir_of(path), step)
     return replace(info, run_dir=resume.run_dir_of(path), resumed=True), state
 

@@ -24,7 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cnnlab import CONF_DIR
-from cnnlab.config import GROUPS, SCHEMAS, Config, register, validate
+from cnnlab.config import GROUPS, SCHEMAS, Config, register, validate, yaml_text
 from cnnlab.config_errors import explain, renamed
 from cnnlab.errors import ConfigError
 from tests.conftest import cli, run_app
@@ -61,17 +61,6 @@ def compose_hydra(*overrides: str) -> DictConfig:
 
 def yaml_of(group: str, option: str) -> dict[str, Any]:
     return yaml.safe_load((CONF_DIR / group / f"{option}.yaml").read_text())
-
-
-def as_override(value: Any) -> str:
-    """A value as the command line writes it (what ConfigError's fix says)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, list):
-        return "[" + ",".join(as_override(v) for v in value) + "]"
-    return str(value)
 
 
 def history(run_dir: Path) -> list[dict[str, Any]]:
@@ -539,7 +528,7 @@ def test_every_range_rule_fires_with_the_schema_default_as_fix():
             assert "is not allowed" in str(error)
             fix = f.metadata.get("fix", MISSING)
             expected = fix(bad) if callable(fix) else schema_default(f) if fix is MISSING else fix
-            assert error.fix == f"{key}={as_override(expected)}", (key, error.fix)
+            assert error.fix == f"{key}={yaml_text(expected)}", (key, error.fix)
             covered.add((OmegaConf.get_type(OmegaConf.select(base, key.rsplit(".", 1)[0])).__name__, f.name))
     assert all_rule_fields() <= covered, sorted(all_rule_fields() - covered)
 

@@ -9,7 +9,6 @@ dataset (CIFAR-10 included): overlays on test images, without boxes.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import torch
 
@@ -18,6 +17,7 @@ from cnnlab.cam import class_activation_maps, grad_cam, normalize_per_image, ups
 from cnnlab.errors import ConfigError
 from cnnlab.localization import Detections, Scores, detect, peak_point, pool_scores
 from cnnlab.models.fully_conv import FullyConvNet
+from cnnlab.results import class_name
 from cnnlab.tasks.context import Context, TaskResult
 from cnnlab.tasks.localize import METRIC_KEYS, batches
 from cnnlab.tasks.parts import canvases_for, load_data, restore_model, trained_dataset
@@ -81,7 +81,7 @@ def run(ctx: Context) -> TaskResult:
                 top = int(predicted[i].argmax())
                 pred = Detections(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), torch.zeros(0))
                 correct += int(top == labels[n])
-                captions.append(f"pred {label(top, names)} / true {label(int(labels[n]), names)}")
+                captions.append(f"pred {class_name(top, names)} / true {class_name(int(labels[n]), names)}")
             if n < shown:
                 found.append(pred)
                 overlays.append(heat[i, int(explained[i].argmax())])
@@ -104,7 +104,3 @@ def run(ctx: Context) -> TaskResult:
     title = f"{task.method} {name} on " + (f"{task.canvas.count} canvases" if on_canvas else f"{dataset.name} test")
     table = METRIC_KEYS if on_canvas else ["cls_acc", "images"]
     return TaskResult(metrics, title, table, monitor, figures={"figures/cam": path})
-
-
-def label(c: int, names: Any) -> str:
-    return str(names[c]) if names is not None and 0 <= c < len(names) else str(c)

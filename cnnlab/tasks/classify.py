@@ -50,7 +50,6 @@ def run(ctx: Context) -> TaskResult:
     test = trainer.evaluate(model, loaders.test, predictions=True)
     records = history(run_dir)
     metrics = {
-        "status": "completed",
         "test_acc": test["acc"],
         "test_loss": test["loss"],
         "val_acc": best["acc"],  # of best.pt, the checkpoint the test metrics are of

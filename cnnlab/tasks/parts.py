@@ -26,7 +26,7 @@ from cnnlab.errors import BadArgument, ConfigError, DataError, UserError
 from cnnlab.tasks.context import RunInfo
 
 
-def as_config_error(error: ValueError, key: str, value: Any = None, fix: str | None = None) -> ConfigError:
+def as_config_error(error: Exception, key: str, value: Any = None, fix: str | None = None) -> ConfigError:
     """A library's ValueError said about config `key`: a BadArgument names the argument (key.<name>)."""
     if isinstance(error, BadArgument):
         full = key if key.endswith(f".{error.name}") or key == error.name else f"{key}.{error.name}"
@@ -53,8 +53,7 @@ def build(node: DictConfig, key: str) -> Any:
         if isinstance(cause, UserError):
             raise cause from None
         if isinstance(cause, (ValueError, TypeError)):
-            raise as_config_error(ValueError(str(cause)) if isinstance(cause, TypeError) else cause, key,
-                                  OmegaConf.to_container(node, resolve=True)) from None  # fmt: skip
+            raise as_config_error(cause, key, OmegaConf.to_container(node, resolve=True)) from None
         raise
 
 

@@ -191,7 +191,7 @@ class Trainer:
                         if action == "eval":
                             self._evaluate_and_record(parts, state, progress)
                         else:
-                            self._save(parts, state)
+                            self._checkpoint(parts, state)
                         tic = time.perf_counter()
                     if stop.signal_name:  # SIGTERM/Ctrl-C: stop here, between steps, with a checkpoint
                         self._interrupt(parts, state)
@@ -326,10 +326,13 @@ class Trainer:
             f"(best {parts.monitor} {state.best:.4f})"
         )
 
+    def _checkpoint(self, parts: Parts, state: TrainState) -> None:
+        """last.pt between evaluations (epoch ends, runtime.checkpoint_every); never one of a diverged run."""
+        self._check_finite(parts, state, state.last_eval + 1)
+        self._save(parts, state)
+
     def _save(self, parts: Parts, state: TrainState, name: str = "last") -> None:
         """The one place checkpoints are written. last.pt carries the best weights too (to finish a resume)."""
-        if name == "last":
-            self._check_finite(parts, state, state.last_eval + 1)
         if not self.runtime.checkpoint:
             return
         checkpoint.save(
