@@ -91,21 +91,6 @@ def box_grid(
     and predicted boxes in red (labels below); `truth` and each of `found` have .boxes and .labels, truth may
     be None (no boxes). Box labels are class indices, shown as `class_names[label]` when given; `colorbar`
     adds one colour bar for the heat maps of the whole grid."""
-    fig = _box_grid_figure(images, heat, truth, found, title, captions, class_names, colorbar)
-    return save_figure(fig, path)
-
-
-def _box_grid_figure(
-    images: torch.Tensor,
-    heat: torch.Tensor | None,
-    truth: Any,
-    found: Sequence[Any],
-    title: str,
-    captions: Sequence[str] | None = None,
-    class_names: Sequence[str] | None = None,
-    colorbar: bool = True,
-) -> Any:
-    """The figure of `box_grid`, not saved (tests inspect it)."""
     plt = pyplot()
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
@@ -144,7 +129,7 @@ def _box_grid_figure(
         cbar.set_label(COLORBAR_LABEL, fontsize=8)
         cbar.ax.tick_params(labelsize=7)
     fig.suptitle(title, fontsize=9)
-    return fig
+    return save_figure(fig, path)
 
 
 def _draw_box(ax: Any, box: list[float], label: str, color: str) -> None:
