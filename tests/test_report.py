@@ -254,7 +254,8 @@ def test_cli_refuses_a_dir_without_runs(tmp_path: Path, make, capsys: pytest.Cap
 
 
 def test_curves_use_test_error_when_the_runs_recorded_it() -> None:
-    from cnnlab.report import Run, _mean_curve
+    from cnnlab.report.plots import _mean_curve
+    from cnnlab.report.runs import Run
 
     def run(rows: list[dict]) -> Run:
         r = Run.__new__(Run)

@@ -1,0 +1,62 @@
+"""`cnnlab report <dir>`: a sweep's run dirs -> results.md, figures/*.png and the same table in the terminal.
+
+A run dir is any folder under <dir> holding .hydra/overrides.yaml: the jobs of a Hydra multirun, or the runs
+W&B sweep agents wrote under one output dir. Each is read with its status.json (see cnnlab.callbacks):
+- completed: metrics.json has test_acc; these make the table;
+- failed: status failed, with its error, or diverged (the loss became NaN), with the step and the error;
+- unfinished: still running, killed (no status.json, or one still saying running), or interrupted by SIGTERM
+  or Ctrl-C, listed with the step it stopped at and the command that resumes it;
+- rejected (a config or data error stopped it before any work): not a run, left out entirely.
+Rows group the completed runs that differ only in their seed: test accuracy is the mean +- std over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cnnlab.errors import UserError
+from cnnlab.report.plots import error_vs_depth, training_curves
+from cnnlab.report.runs import Run, load_runs
+from cnnlab.report.table import group_rows, markdown, print_table
+
+__all__ = ["Run", "load_runs", "main", "report"]
+
+
+def report(root: Path, figures: bool = True) -> list[Run]:
+    """Write results.md and figures/ into `root`, print the table; returns the runs it found."""
+    if not root.is_dir():
+        raise UserError(f"{root} is not a directory: pass the sweep dir, e.g. outputs/multirun/<date>/<time>")
+    runs = load_runs(root)
+    if not runs:
+        raise UserError(f"no runs under {root}: a run dir holds .hydra/overrides.yaml (pass the sweep dir)")
+    rows, setting_keys = group_rows(runs)
+    written: list[Path] = []
+    if figures and rows:
+        for draw, name in ((error_vs_depth, "error_vs_depth.png"), (training_curves, "training_curves.png")):
+            path = draw(rows, root / "figures" / name)
+            if path is not None:
+                written.append(path)
+    (root / "results.md").write_text(markdown(root, runs, rows, setting_keys, written))
+    print_table(root, rows, setting_keys)
+    for run in runs:
+        if run.status != "completed":
+            print(f"{run.status}: {run.dir.relative_to(root)} ({' '.join(run.overrides)}) {run.reason or ''}")
+    print(f"wrote {root / 'results.md'}" + "".join(f", {p}" for p in written))
+    return runs
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="cnnlab report", description="Summarise a sweep: results.md, figures/ and a table of its runs."
+    )
+    parser.add_argument("dir", type=Path, help="a multirun dir, or an output dir W&B agents wrote runs under")
+    parser.add_argument("--no-figures", action="store_true", help="skip the PNGs")
+    args = parser.parse_args(argv)
+    try:
+        report(args.dir, figures=not args.no_figures)
+    except UserError as e:
+        print(f"cnnlab report: error: {e}", file=sys.stderr)
+        sys.exit(2)

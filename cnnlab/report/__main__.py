@@ -1,0 +1,5 @@
+"""python -m cnnlab.report <dir>"""
+
+from cnnlab.report import main
+
+main()
