@@ -29,10 +29,11 @@ def app(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] in ("report", "sweep"):  # cnnlab report <dir>, cnnlab sweep <overrides>
+    commands = {"report": "report", "sweep": "sweep", "resume": "sweep_resume"}  # cnnlab resume <sweep dir>
+    if len(sys.argv) > 1 and sys.argv[1] in commands:  # cnnlab report <dir>, cnnlab sweep <overrides>
         import importlib
 
-        importlib.import_module(f"cnnlab.{sys.argv[1]}").main(sys.argv[2:])
+        importlib.import_module(f"cnnlab.{commands[sys.argv[1]]}").main(sys.argv[2:])
         return
     sys.argv[1:] = [rename_deprecated(a) for a in sys.argv[1:]]
     full_errors = os.environ.get("HYDRA_FULL_ERROR") == "1"

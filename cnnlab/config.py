@@ -170,7 +170,9 @@ class TrainerConfig:
     eval_every: Optional[int] = rule(None, *POSITIVE_OR_NULL)
     eval_test: bool = False
     overfit_batches: int = rule(0, *NON_NEGATIVE)
-    precision: str = rule("32", *one_of("32", "bf16", "16"))
+    precision: str = rule("auto", *one_of("auto", "32", "bf16", "16"))
+    drop_last: bool = False  # drop each epoch's partial last batch (the YAML ties it to runtime.compile)
+    tf32: bool = True  # on CUDA, fp32 matmuls and convolutions may use TF32 (only precision 32 computes in fp32)
 
     @staticmethod
     def cross_checks(node: DictConfig) -> Iterator[ConfigError]:

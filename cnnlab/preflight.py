@@ -3,7 +3,8 @@
 A Hydra callback, because these must happen before Hydra writes .hydra/ into a run dir: a bad value stops
 the run with nothing written; a resumed run goes into the original run dir (and keeps its .hydra/ as the
 record of how the run was started); an output dir that cannot be written fails with one clear line.
-A multirun checks every value its sweep will try, so a typo in the grid fails before the first job.
+A multirun checks every value its sweep will try, so a typo in the grid fails before the first job; with
+runtime.resume=auto it continues an earlier sweep in that sweep's dir (cnnlab.sweep_resume).
 """
 
 from __future__ import annotations
@@ -39,11 +40,10 @@ class Preflight(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
-            if "runtime" in config and config.runtime.get("resume"):
-                raise UserError(
-                    "runtime.resume continues one run: run `python -m cnnlab <that job's overrides> "
-                    "runtime.resume=<its job dir>` without -m, once per job to continue."
-                )
+            if "runtime" in config and config.runtime.get("resume"):  # continue a sweep: its dir, its job dirs
+                from cnnlab.sweep_resume import redirect
+
+                redirect(config)
             check_sweep(config)
             ensure_writable(Path(str(config.hydra.sweep.dir)))
         except UserError as e:

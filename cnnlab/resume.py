@@ -18,6 +18,7 @@ from cnnlab.config import defines_result
 from cnnlab.config_errors import MOVED
 from cnnlab.errors import CheckpointError, ConfigError
 from cnnlab.results import flat
+from cnnlab.training.hardware import resumed_precision
 
 ALLOWED = "a run dir, <run dir>/checkpoints/last.pt, or auto"
 
@@ -85,6 +86,10 @@ def check_same_run(saved: dict[str, Any], current: dict[str, Any], path: Path) -
     """Refuse to resume a checkpoint with a config that would compute something else (another model, lr...)."""
     before = {MOVED.get(k, k): v for k, v in flat(saved).items()}  # checkpoints of 0.1 kept runtime keys in trainer
     now = flat(current)
+    if "trainer.precision" in now:  # auto as it resolves on this machine; an explicit change is allowed
+        now["trainer.precision"] = resumed_precision(
+            before.get("trainer.precision"), now["trainer.precision"], str(now.get("runtime.device", "auto"))
+        )
     differ = [
         f"{key}: {before.get(key, '<unset>')!r} in the checkpoint, {now.get(key, '<unset>')!r} now"
         for key in sorted(before.keys() | now.keys())

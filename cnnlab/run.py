@@ -11,6 +11,8 @@ import logging
 import os
 import random
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,14 +21,15 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab import checkpoint, resume, tasks
+from cnnlab import checkpoint, resume, sweep_resume, tasks
 from cnnlab.callbacks import read_status, write_status
 from cnnlab.config import validate
-from cnnlab.errors import ConfigError, UserError
+from cnnlab.errors import UserError
 from cnnlab.tasks.context import Context, RunInfo
 from cnnlab.tasks.parts import build
-from cnnlab.tasks.publish import publish, run_name
+from cnnlab.tasks.publish import publish, run_name, run_provenance
 from cnnlab.tracking import NullLogger
+from cnnlab.training.hardware import gpu_lease, resolve_device, resolve_precision
 from cnnlab.training.state import TrainState
 from cnnlab.training.stop import Interrupted, stop
 from cnnlab.training.trainer import DivergenceError
@@ -38,10 +41,16 @@ def main_job(cfg: DictConfig) -> float:
     """Run; a UserError or a signal becomes a status record, one line on stderr and an exit code."""
     info = run_info(cfg)
     try:
+        if info.multirun:  # a job of a resumed sweep, or a requeued submitit job: skip, resume or start again
+            skipped = sweep_resume.continue_job(cfg, info.run_dir)
+            if skipped is not None:
+                return skipped
+            info = replace(info, resumed=bool(cfg.runtime.resume))
         return run(cfg, info)
     except Interrupted as e:  # SIGTERM or Ctrl-C: a checkpoint is written; say how to continue
         write_status(info.run_dir, "interrupted", info.overrides, e, step=e.step, resume_command=e.resume_command)
         print(f"cnnlab: {e}", file=sys.stderr)
+        stop.hand_over(e)  # submitit's pre-emption signal: submitit requeues the job, which resumes from last.pt
         if e.resume_command:
             print(f"cnnlab: resume with: {e.resume_command}", file=sys.stderr)
         sys.exit(e.exit_code)
@@ -88,14 +97,17 @@ def run_info(cfg: DictConfig) -> RunInfo:
 def run(cfg: DictConfig, info: RunInfo | None = None) -> float:
     info = info or run_info(cfg)
     validate(cfg)
-    device = resolve_device(str(cfg.runtime.device))
-    if cfg.trainer.precision == "16" and device.type != "cuda":
-        raise ConfigError(
-            "trainer.precision", "16", "32 or bf16 on the CPU (fp16 needs a GPU)", "trainer.precision=bf16"
-        )
+    with job_device(str(cfg.runtime.device), info) as device:
+        return _run(cfg, info, device)
+
+
+def _run(cfg: DictConfig, info: RunInfo, device: torch.device) -> float:
+    precision, why = resolve_precision(str(cfg.trainer.precision), device)
+    cfg.trainer.precision = precision  # what ran: the config in checkpoints, W&B and metrics says bf16 or 32
     torch.set_num_threads(thread_count(cfg.runtime.threads, info))
     threads = torch.get_num_threads()
-    log.info("device %s, %d torch thread%s", device, threads, "" if threads == 1 else "s")
+    log.info("device %s, precision %s (%s), %d torch thread%s", device, precision, why, threads,
+             "" if threads == 1 else "s")  # fmt: skip
     seed_everything(int(cfg.seed))
     state = None
     if cfg.runtime.resume:
@@ -106,7 +118,8 @@ def run(cfg: DictConfig, info: RunInfo | None = None) -> float:
     ctx = Context(cfg, info, device, logger, resume=state)
     resume_id = state.get("wandb_id") if state else None
     name = run_name(cfg.model, cfg.seed)
-    logger.start(ctx.resolved(), info.run_dir, name, group=info.sweep_group(), resume_id=resume_id, tags=info.tags())
+    config = {**ctx.resolved(), "provenance": run_provenance(ctx)}  # W&B shows which code ran
+    logger.start(config, info.run_dir, name, group=info.sweep_group(), resume_id=resume_id, tags=info.tags())
     exit_code = 1
     try:
         with stop.handling():
@@ -138,18 +151,16 @@ def load_resume(cfg: DictConfig, info: RunInfo) -> tuple[RunInfo, dict[str, Any]
     return replace(info, run_dir=resume.run_dir_of(path), resumed=True), state
 
 
-def resolve_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)  # the schema allows auto, cpu, cuda and cuda:N only
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                "runtime.device", spec, "auto or cpu: this machine has no CUDA GPU", "runtime.device=auto"
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError("runtime.device", spec, f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-    return device
+@contextmanager
+def job_device(spec: str, info: RunInfo) -> Iterator[torch.device]:
+    """runtime.device; `auto` in a sweep of parallel local jobs (joblib) on several GPUs leases the least-used
+    GPU for the job's lifetime. A SLURM job sees only the GPUs it was given, as cuda:0..."""
+    gpus = torch.cuda.device_count() if spec == "auto" and torch.cuda.is_available() else 0
+    if gpus < 2 or info.parallel_jobs < 2 or info.sweep_dir is None:
+        yield resolve_device(spec)
+        return
+    with gpu_lease(info.sweep_dir, gpus, info.parallel_jobs) as gpu:
+        yield resolve_device(spec, gpu)
 
 
 def cores() -> int:

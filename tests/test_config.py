@@ -313,7 +313,7 @@ CLI_ERRORS = [
     ("trainer.epochs=1.5", "trainer.epochs", "trainer.epochs=5"),
     ("model=resnet model.residual=maybe", "model.residual", "model.residual=true"),
     ("dataset.val_size=-3", "dataset.val_size", "dataset.val_size=1000"),
-    ("trainer.precision=64", "trainer.precision", "trainer.precision=32"),
+    ("trainer.precision=64", "trainer.precision", "trainer.precision=auto"),
     ("seed=abc", "seed", "seed=0"),
     ("trainer.no_such_key=1", "trainer.no_such_key", None),
     ("task=localize task.threshold=2 checkpoint={tmp}/nowhere.pt", "task.threshold", "task.threshold=0.3"),

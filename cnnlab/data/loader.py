@@ -44,20 +44,24 @@ class DeviceLoader:
         flip: bool = False,
         seed: int = 0,
         channels_last: bool = False,
+        drop_last: bool = False,
     ) -> None:
         if batch_size <= 0:
             raise BadArgument("batch_size", batch_size, "a positive integer", 128)
+        if drop_last and len(y) < batch_size:
+            raise BadArgument("batch_size", batch_size, f"at most {len(y)} (the split's size) to drop partial batches")
         device = torch.device(device)
         self.x = x.to(device, non_blocking=True)
         self.y = y.to(device, non_blocking=True)
         self.batch_size, self.shuffle, self.pad, self.flip, self.seed = batch_size, shuffle, pad, flip, seed
+        self.drop_last = drop_last  # one batch shape (torch.compile); the epoch's permutation is unchanged
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         # Normalize uint8 pixels directly: (x - 255 mean) / (255 std).
         self.scale = (1.0 / (255.0 * torch.tensor(std, device=device))).view(1, -1, 1, 1)
         self.shift = (torch.tensor(mean, device=device) / torch.tensor(std, device=device)).view(1, -1, 1, 1)
 
     def __len__(self) -> int:
-        return math.ceil(len(self.y) / self.batch_size)
+        return len(self.y) // self.batch_size if self.drop_last else math.ceil(len(self.y) / self.batch_size)
 
     @property
     def num_samples(self) -> int:

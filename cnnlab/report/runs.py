@@ -10,6 +10,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.callbacks import sweep_statuses
+from cnnlab.sweep_resume import MULTIRUN_FILE, not_started
 
 
 @dataclass
@@ -21,6 +22,7 @@ class Run:
     history: list[dict[str, float]] = field(default_factory=list)
     error: str | None = None  # why a failed run failed
     note: str | None = None  # where an unfinished run stopped and how to resume it
+    started: bool = True  # False: a job of the sweep's grid (multirun.yaml) the sweep stopped before
 
     @property
     def reason(self) -> str | None:
@@ -28,6 +30,8 @@ class Run:
 
     @property
     def status(self) -> str:
+        if not self.started:
+            return "not started"
         return "completed" if self.metrics is not None else "failed" if self.error else "unfinished"
 
     def get(self, key: str) -> Any:
@@ -36,7 +40,18 @@ class Run:
 
 
 def load_runs(root: Path) -> list[Run]:
-    """The training runs under root (task=classify; other tasks' runs are left out)."""
+    """The training runs under root (task=classify; other tasks' runs are left out), and the jobs of each sweep's
+    grid (its multirun.yaml) that never started."""
+    runs = _run_dirs(root)
+    for multirun in sorted(root.rglob(MULTIRUN_FILE)):
+        sweep_dir = multirun.parent
+        for num, job in not_started(sweep_dir):  # its job dir-to-be: Hydra numbers the jobs in grid order
+            note = f"not started; resume the sweep with `cnnlab resume {sweep_dir}`"
+            runs.append(Run(sweep_dir / str(num), job, OmegaConf.create(), note=note, started=False))
+    return runs
+
+
+def _run_dirs(root: Path) -> list[Run]:
     runs = []
     for job, status in sweep_statuses(root).items():
         if status is not None and status.get("status") == "rejected":  # stopped before any work: not a run

@@ -10,7 +10,7 @@ from cnnlab import checkpoint, figures
 from cnnlab.results import confusion
 from cnnlab.tasks.context import Context, TaskResult
 from cnnlab.tasks.parts import boundary, build, build_loaders, history, typed
-from cnnlab.tasks.publish import run_name, settings
+from cnnlab.tasks.publish import run_name, run_provenance, settings
 from cnnlab.training.trainer import DivergenceError, Trainer
 
 log = logging.getLogger("cnnlab")
@@ -22,9 +22,8 @@ def run(ctx: Context) -> TaskResult:
     cfg, run_dir = ctx.cfg, ctx.run_dir
     tic = time.perf_counter()
     model = build(cfg.model, "model")  # a bad model config fails here, before any data is read
-    trainer = Trainer(
-        typed(cfg.trainer), ctx.device, run_dir, ctx.logger, {"config": ctx.resolved()}, typed(cfg.runtime)
-    )
+    extra = {"config": ctx.resolved(), "provenance": run_provenance(ctx)}  # provenance: resume never compares it
+    trainer = Trainer(typed(cfg.trainer), ctx.device, run_dir, ctx.logger, extra, typed(cfg.runtime))
     with boundary("runtime.channels_last", cfg.runtime.channels_last, "runtime.channels_last=auto"):
         model = trainer.prepare(model)
     loaders = build_loaders(cfg.dataset, trainer.cfg, trainer.runtime, cfg.seed, ctx.device, run_dir)
@@ -62,7 +61,8 @@ def run(ctx: Context) -> TaskResult:
         "best_step": fit["best_step"],
         "seconds": time.perf_counter() - tic,
         "train_seconds": fit["train_seconds"],
-        "train_img_per_s": fit["train_img_per_s"],
+        "train_img_per_s": fit["train_img_per_s"],  # steady state: under compile the first step is left out
+        **{k: fit[k] for k in ("compile_seconds", "compiled_graphs") if k in fit},
         "precision": trainer.cfg.precision,
         "channels_last": trainer.runtime.channels_last,
         "device": str(ctx.device),

@@ -131,8 +131,8 @@ def build_loaders(
         n = trainer.overfit_batches * trainer.batch_size
         fixed = DeviceLoader(train_x[:n], train_y[:n], trainer.batch_size, **common)
         return Loaders(fixed, fixed, DeviceLoader(data.test_x, data.test_y, runtime.eval_batch_size, **common))
-    return Loaders(
-        train=DeviceLoader(
+    with boundary("trainer.batch_size", trainer.batch_size):
+        train = DeviceLoader(
             train_x,
             train_y,
             trainer.batch_size,
@@ -140,8 +140,11 @@ def build_loaders(
             pad=int(augment.get("pad", 0)),
             flip=bool(augment.get("flip", False)),
             seed=seed,
+            drop_last=trainer.drop_last,
             **common,
-        ),
+        )
+    return Loaders(
+        train=train,
         val=DeviceLoader(data.train_x[val_idx], data.train_y[val_idx], runtime.eval_batch_size, **common),
         test=DeviceLoader(data.test_x, data.test_y, runtime.eval_batch_size, **common),
     )

@@ -7,6 +7,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
+from cnnlab.provenance import provenance
 from cnnlab.results import flat, print_table, write_json
 from cnnlab.tasks.context import Context, TaskResult
 
@@ -14,6 +15,7 @@ from cnnlab.tasks.context import Context, TaskResult
 def publish(result: TaskResult, ctx: Context) -> float:
     """Write and show `result`; return its monitored value (what a Hydra sweeper optimizes)."""
     result.metrics = {"status": "completed", **result.metrics}  # a diverged result says so itself
+    result.metrics["provenance"] = run_provenance(ctx)
     write_json(ctx.run_dir / "metrics.json", result.metrics)
     ctx.logger.summary(result.metrics)
     if result.figures:
@@ -29,6 +31,11 @@ def publish(result: TaskResult, ctx: Context) -> float:
     console.print(f"run dir: {ctx.run_dir}", highlight=False, markup=False)
     value = result.metrics.get(result.monitor)
     return float(value) if isinstance(value, (int, float)) else float("nan")
+
+
+def run_provenance(ctx: Context) -> dict[str, Any]:
+    """The code, versions, host and device of this run; a resumed run keeps the code it began with if it differs."""
+    return provenance(ctx.device, (ctx.resume or {}).get("provenance"))
 
 
 def model_kind(model: DictConfig) -> str:

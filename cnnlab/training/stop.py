@@ -3,17 +3,30 @@
 A signal only sets a flag while the Trainer is stepping (it checks the flag between steps, where the state is
 consistent); outside the loop, or on a second signal, it stops at once. Either way the run ends with
 `Interrupted`, a KeyboardInterrupt, so no `except Exception` swallows it and a multirun stops too.
+
+In a submitit job (launcher=slurm, submitit_local) the signals are Ctrl-C and submitit's pre-emption signal
+(SIGUSR2, or $SUBMITIT_PREEMPT_SIGNAL), which SLURM sends `signal_delay_s` before the time limit and on
+pre-emption. SIGTERM stays with submitit, which ignores it: SLURM may send it ahead of the pre-emption signal.
+After the checkpoint, `hand_over` gives the signal to submitit's own handler, which requeues the job and exits.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def submitit_signal() -> signal.Signals | None:
+    """submitit's pre-emption signal inside a submitit job; None elsewhere."""
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
+        return None
+    return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -34,6 +47,7 @@ class StopRequest:
     def __init__(self) -> None:
         self.signal_name: str | None = None
         self.polled = False
+        self._submitit: tuple[signal.Signals, Callable[[int, FrameType | None], object]] | None = None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
@@ -49,12 +63,22 @@ class StopRequest:
             yield self
             return
         self.signal_name = None
-        previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
+        preempt = submitit_signal()
+        signals = (signal.SIGINT, preempt) if preempt is not None else SIGNALS
+        previous = {s: signal.signal(s, self._handle) for s in signals}
+        handler = previous.get(preempt) if preempt is not None else None
+        self._submitit = (preempt, handler) if preempt is not None and callable(handler) else None
         try:
             yield self
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+
+    def hand_over(self, interrupted: Interrupted) -> None:
+        """After a stop on submitit's pre-emption signal: submitit's handler requeues the job and exits."""
+        if self._submitit is not None and interrupted.signal_name == self._submitit[0].name:
+            preempt, handler = self._submitit
+            handler(preempt, None)
 
     @contextmanager
     def stepping(self) -> Iterator[StopRequest]:

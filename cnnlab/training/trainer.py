@@ -28,6 +28,7 @@ from cnnlab.data.loader import DeviceLoader
 from cnnlab.errors import UserError
 from cnnlab.progress import Progress
 from cnnlab.tracking import NullLogger
+from cnnlab.training import hardware
 from cnnlab.training.profile import profiler
 from cnnlab.training.state import TrainState
 from cnnlab.training.stop import Interrupted, stop
@@ -76,6 +77,22 @@ def due(state: TrainState, epoch_ended: bool, total: int, every: int | None, sav
     return None
 
 
+def compiled_graphs() -> int:
+    """Graphs torch.compile has made in this process: a recompile (new shape, guard failure) adds one."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def padded(x: torch.Tensor, size: int) -> torch.Tensor:
+    """`x` with zero rows appended up to `size` rows, in x's memory format."""
+    if len(x) >= size:
+        return x
+    nhwc = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    out = torch.cat([x, x.new_zeros((size - len(x), *x.shape[1:]))])
+    return out.contiguous(memory_format=torch.channels_last) if nhwc else out
+
+
 @dataclass
 class Parts:
     """What one fit trains with, besides the state."""
@@ -91,6 +108,9 @@ class Parts:
     total: int  # optimizer steps of the whole run
     steps_per_epoch: int
     batch_size: int
+    compile_seconds: float | None = None  # the first step's time under runtime.compile (compiling included)
+    compile_images: int = 0  # that step's images, left out of the steady-state img/s
+    graphs_before: int = 0  # graphs dynamo had compiled in this process before this fit
 
 
 class Trainer:
@@ -103,12 +123,12 @@ class Trainer:
         extra: dict[str, Any] | None = None,
         runtime: RuntimeConfig | None = None,
     ) -> None:
-        self.cfg, self.runtime = config, runtime or RuntimeConfig()
+        precision, _ = hardware.resolve_precision(config.precision, device)  # run() has resolved auto already
+        self.cfg, self.runtime = replace(config, precision=precision), runtime or RuntimeConfig()
         self.device, self.run_dir = device, Path(run_dir)
-        if config.precision == "16" and device.type != "cuda":
-            raise ValueError("precision 16 needs a GPU; use 32 or bf16 on the CPU")
-        if config.precision == "bf16" and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        if precision == "bf16" and device.type == "cpu" and not hardware.native_bf16(device):
             log.warning("trainer.precision=bf16 on a CPU without native bf16: expect it several times slower than 32")
+        hardware.cuda_settings(device, config.tf32)
         self.logger = logger or NullLogger()
         self.extra = extra or {}  # stored in every checkpoint (the run's config, ...)
 
@@ -134,8 +154,14 @@ class Trainer:
         return model.to(memory_format=torch.channels_last) if self.runtime.channels_last else model
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader: DeviceLoader, predictions: bool = False) -> dict[str, Any]:
-        """Loss averaged per sample and accuracy, in eval mode, in the loader's fixed order."""
+    def evaluate(
+        self, model: nn.Module, loader: DeviceLoader, predictions: bool = False, forward: Any = None
+    ) -> dict[str, Any]:
+        """Loss averaged per sample and accuracy, in eval mode, in the loader's fixed order.
+
+        `forward` is the model's torch.compile: the last batch is then padded to the loader's batch size, so
+        every batch has one shape and nothing recompiles (in eval mode padding changes no other row).
+        """
         was_training = model.training
         model.eval()
         loss_sum = torch.zeros((), device=self.device)
@@ -143,7 +169,7 @@ class Trainer:
         preds = []
         for xb, yb in loader.batches():
             with self.autocast():
-                logits = model(xb)
+                logits = model(xb) if forward is None else forward(padded(xb, loader.batch_size))[: len(yb)]
             loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum")
             pred = logits.argmax(1)
             correct += (pred == yb).sum()
@@ -205,7 +231,7 @@ class Trainer:
             f"best_{monitor}": state.best,
             "best_step": state.best_step,
             "train_seconds": state.train_seconds,
-            "train_img_per_s": state.images / max(state.train_seconds, 1e-9),
+            **self._speed(parts, state),
         }
 
     def _parts(
@@ -227,6 +253,7 @@ class Trainer:
         return Parts(
             model=model,
             step_fn=torch.compile(model) if self.runtime.compile else model,
+            graphs_before=compiled_graphs() if self.runtime.compile else 0,
             optimizer=optimizer,
             scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, factor),
             scaler=torch.amp.GradScaler(self.device.type, enabled=self.cfg.precision == "16"),
@@ -262,6 +289,8 @@ class Trainer:
 
     def _train_step(self, parts: Parts, state: TrainState, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         """One optimizer step; returns the batch loss (on the device) and adds to the state's sums."""
+        first = self.runtime.compile and parts.compile_seconds is None  # it compiles: timed apart
+        tic = time.perf_counter()
         with self.autocast():
             logits = parts.step_fn(xb)
             loss = F.cross_entropy(logits.float(), yb)
@@ -273,6 +302,8 @@ class Trainer:
         loss = loss.detach()
         state.loss_sum += loss * len(yb)
         state.correct += (logits.detach().argmax(1) == yb).sum()
+        if first:
+            parts.compile_seconds, parts.compile_images = self._elapsed(tic), len(yb)
         return loss
 
     def _log(self, parts: Parts, state: TrainState, progress: Progress, mean_loss: float, since: int) -> None:
@@ -298,7 +329,8 @@ class Trainer:
     def _evaluate_and_record(self, parts: Parts, state: TrainState, progress: Progress) -> None:
         """Evaluate on val (and test for curves), append to history.jsonl, keep the best, write checkpoints."""
         self._check_finite(parts, state, state.last_eval + 1)
-        result = self.evaluate(parts.model, parts.val)
+        forward = parts.step_fn if self.runtime.compile else None
+        result = self.evaluate(parts.model, parts.val, forward=forward)
         row = {
             "step": state.step,
             "epoch": state.epoch + state.batch / parts.steps_per_epoch,
@@ -309,7 +341,7 @@ class Trainer:
             "lr": parts.scheduler.get_last_lr()[0],
         }
         if parts.test is not None:
-            tested = self.evaluate(parts.model, parts.test)
+            tested = self.evaluate(parts.model, parts.test, forward=forward)
             row |= {"test_loss": tested["loss"], "test_acc": tested["acc"]}
         state.reset_window()
         state.last_eval = state.step
@@ -353,6 +385,17 @@ class Trainer:
         self._save(parts, state)
         last = self.run_dir / "checkpoints" / "last.pt"
         raise Interrupted(str(stop.signal_name), state.step, str(last) if self.runtime.checkpoint else None)
+
+    def _speed(self, parts: Parts, state: TrainState) -> dict[str, Any]:
+        """Training images/s; under compile without the first step, whose compile time is reported apart."""
+        images, seconds = state.images, state.train_seconds
+        if parts.compile_seconds is None:
+            return {"train_img_per_s": images / max(seconds, 1e-9)}
+        return {
+            "train_img_per_s": (images - parts.compile_images) / max(seconds - parts.compile_seconds, 1e-9),
+            "compile_seconds": parts.compile_seconds,
+            "compiled_graphs": compiled_graphs() - parts.graphs_before,  # train + eval, plus any recompile
+        }
 
     def _elapsed(self, tic: float) -> float:
         if self.device.type == "cuda":
