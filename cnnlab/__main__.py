@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 
 import hydra
 from omegaconf import DictConfig
@@ -70,6 +71,10 @@ def fail(error: Exception) -> None:
     if isinstance(error, UserError):
         print(f"cnnlab: error: {error}", file=sys.stderr)
         sys.exit(2)
+    if isinstance(error, ValueError) and any(f.name == "best_trial" for f in traceback.extract_tb(error.__traceback__)):
+        print("cnnlab: error: no trial of the search completed: the summary below and each trial's status.json "
+              "say why", file=sys.stderr)  # fmt: skip
+        sys.exit(1)
     if isinstance(error, (CompactHydraException, HydraException, OmegaConfBaseException)):
         text = " ".join(str(error).split())  # one line
         cause = error.__cause__

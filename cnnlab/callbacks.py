@@ -132,7 +132,7 @@ def print_summary(sweep_dir: Path, plan: dict[str, int] | None = None) -> None:
     multirun.yaml: jobs the sweep never started too); a resumed sweep says what it skipped, resumed, started."""
     from rich.console import Console
 
-    from cnnlab.sweep_resume import describe, not_started
+    from cnnlab.sweep_resume import describe, is_grid, not_started
 
     console = Console(stderr=True, soft_wrap=True)
     statuses = sweep_statuses(sweep_dir)
@@ -155,6 +155,6 @@ def print_summary(sweep_dir: Path, plan: dict[str, int] | None = None) -> None:
             highlight=False,
         )
         console.print(f"         {status['error']}", markup=False, highlight=False)
-    if failed or unfinished or missing:
+    if (failed or unfinished or missing) and is_grid(sweep_dir):  # a search continues by running it again
         console.print(f"resume: cnnlab resume {sweep_dir}", highlight=False)
     console.print(f"report: cnnlab report {sweep_dir}", highlight=False)

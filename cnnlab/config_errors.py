@@ -10,7 +10,7 @@ from dataclasses import fields
 from typing import Any
 
 from cnnlab.config import SCHEMAS, Config, dataclass_in, error_for, fix_value, option_of, yaml_text
-from cnnlab.errors import ConfigError
+from cnnlab.errors import ConfigError, UserError
 
 
 def schema_field(key: str, options: dict[str, str] | None = None) -> Any | None:
@@ -140,13 +140,26 @@ def below_null_node(key: str, value: str) -> ConfigError | None:
     return None
 
 
-def explain(error: BaseException, overrides: list[str]) -> ConfigError | None:
+# Hydra plugins cnnlab's presets use (hparams_search=..., launcher=...): the package and the extra that installs it
+PLUGINS = {
+    "hydra/sweeper/optuna": ("hydra-optuna-sweeper", "search"),
+    "hydra/launcher/submitit_local": ("hydra-submitit-launcher", "slurm"),
+    "hydra/launcher/submitit_slurm": ("hydra-submitit-launcher", "slurm"),
+}
+
+
+def explain(error: BaseException, overrides: list[str]) -> UserError | None:
     """Hydra's error for a wrong type, an unknown key or an unknown group option, as a ConfigError (else None)."""
     from hydra.errors import MissingConfigException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
     given = dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)
     options = {k: v for k, v in given.items() if k in SCHEMAS}
+    if isinstance(error, MissingConfigException) and str(error.missing_cfg_file) in PLUGINS:  # not installed
+        package, extra = PLUGINS[str(error.missing_cfg_file)]
+        group, _, option = str(error.missing_cfg_file).rpartition("/")
+        missing = f"it needs the Hydra plugin {package}, which is not installed"
+        return UserError(f'{group}={option} is not allowed: {missing}. Fix it with `pip install -e ".[{extra}]"`')
     if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options:
         group, _, option = str(error.missing_cfg_file).rpartition("/")
         choices = sorted(o for o in error.options if not o.startswith("_"))

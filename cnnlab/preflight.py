@@ -81,12 +81,12 @@ def check_sweep(config: DictConfig, lines: list[str] | None = None) -> None:
     validate(config)
     params = config.hydra.sweeper.get("params") or {}
     lines = lines if lines is not None else [*(f"{k}={v}" for k, v in params.items()), *config.hydra.overrides.task]
-    # interval(...) is a search, not a grid; group choices (model=mlp,resnet) are checked as each job composes
+    # interval(...) is a search: both ends are checked; group choices (model=mlp,resnet) as each job composes
     swept = [o for o in OverridesParser.create().parse_overrides(lines) if o.is_sweep_override()]
     keys = [o.get_key_element() for o in swept]
     choices = any("." not in k and k != "seed" and not k.startswith("hydra") for k in keys)  # experiment=a,b
     for override, key in zip(swept, keys, strict=True):
-        if override.is_interval_sweep() or key.startswith("hydra") or "." not in key and key != "seed":
+        if key.startswith("hydra") or "." not in key and key != "seed":
             continue
         absent = OmegaConf.select(config, key, default=_ABSENT) is _ABSENT
         if absent and choices:
@@ -94,7 +94,8 @@ def check_sweep(config: DictConfig, lines: list[str] | None = None) -> None:
         group = key.split(".")[0]
         chosen = option_of(group, config[group]) if isinstance(config.get(group), DictConfig) else None
         options = {group: chosen} if chosen else {}
-        values = list(override.sweep_string_iterator())
+        span = override.value() if override.is_interval_sweep() else None
+        values = [str(span.start), str(span.end)] if span else list(override.sweep_string_iterator())  # type: ignore[union-attr]
         if absent:  # model.depth=20,32 with model=mlp: say which option has the key
             raise unknown_key(key, values[0], options)
         for value in values:

@@ -78,6 +78,12 @@ def not_started(sweep_dir: Path) -> list[tuple[int, list[str]]]:
     return [(num, job) for num, job in enumerate(jobs or []) if comparable(job) not in have]
 
 
+def is_grid(sweep_dir: Path) -> bool:
+    """Whether the sweep in `sweep_dir` is a grid that `cnnlab resume` continues (not a search)."""
+    path = sweep_dir / MULTIRUN_FILE
+    return path.is_file() and grid(OmegaConf.load(path)) is not None
+
+
 def action(job_dir: Path, overrides: Sequence[str], record: dict[str, Any] | None) -> str:
     """What a job of a resumed sweep does with what its job dir holds (see the module's docstring)."""
     started = job_dir / ".hydra" / "overrides.yaml"

@@ -106,7 +106,7 @@ def test_console_script_report_and_sweep(tmp_path):
     assert made.stdout.startswith(f"wrote {out}: 4 runs over model.depth, seed\n") and "wandb agent" in made.stdout
     config = yaml.safe_load(out.read_text())
     assert config["parameters"] == {"model.depth": {"values": [20, 32]}, "seed": {"values": [0, 1]}}
-    assert config["command"][:4] == [sys.executable, "-m", "cnnlab", "model=resnet"]
+    assert config["command"][:5] == ["${env}", "${interpreter}", "-m", "cnnlab", "model=resnet"]  # the agent's python
     assert sorted(p.name for p in tmp_path.iterdir()) == ["multirun", "s.yaml"]  # -o: no sweep-<name>.yaml
 
 

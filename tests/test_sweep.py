@@ -18,7 +18,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
 from cnnlab.callbacks import JobFailed, JobStatusCallback, print_summary, read_status
-from cnnlab.errors import ConfigError
+from cnnlab.errors import ConfigError, UserError
 from cnnlab.sweep import hydra_grid, main, sweep_config
 from tests.conftest import cli, make_config
 
@@ -54,8 +54,10 @@ def agent_command(config: dict, run) -> list[str]:
     from wandb.sdk.launch.sweeps import utils as sweep_utils
 
     command = sweep_utils.create_sweep_command(list(config["command"]))
-    sweep_vars = sweep_utils.create_sweep_command_args({"args": run.config})
+    proposed = json.loads(json.dumps(run.config, default=lambda o: o.item()))  # numpy numbers, as the server's JSON
+    sweep_vars = sweep_utils.create_sweep_command_args({"args": proposed})
     sweep_vars["interpreter"] = ["python"]
+    sweep_vars["env"] = ["/usr/bin/env"]
     out: list[str] = []
     for chunk in map(str, command):
         if chunk.startswith("${") and chunk.endswith("}"):
@@ -90,8 +92,8 @@ def test_a_command_line_sweep_replaces_the_experiments_key_and_fixed_ones_stay_f
     }
     assert config["method"] == "grid" and config["name"] == "degradation_grid"
     command = config["command"]
-    assert command[:3] == [sys.executable, "-m", "cnnlab"]  # the interpreter cnnlab is installed in
-    assert command[3:] == [
+    assert command[:4] == ["${env}", "${interpreter}", "-m", "cnnlab"]  # the agent machine's python
+    assert command[4:] == [
         "experiment=degradation_grid",
         "trainer.max_steps=100",
         "model.shortcut=B",
@@ -175,9 +177,10 @@ def test_wandb_agent_command_runs_one_job_and_joins_the_agents_run(tmp_path: Pat
     runs = sweeps_engine_grid(config)
     assert [run.config["model.residual"]["value"] for run in runs] == [True, False]
     command = agent_command(config, runs[1])
-    assert command[-1] == "model.residual=False" and command[0] == sys.executable
+    assert command[-1] == "model.residual=False" and command[:2] == ["/usr/bin/env", "python"]
 
     env = {**os.environ, "WANDB_RUN_ID": "agentrun01", "WANDB_SWEEP_ID": "sweep01", "WANDB_SILENT": "true"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # the agent's venv, active
     env.pop("WANDB_MODE", None)
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -308,3 +311,89 @@ def test_the_wandb_grid_is_checked_as_the_multirun_checks_it(overrides, says):
     """A W&B sweep YAML whose agent runs would all fail is refused with the app's one-line message."""
     with pytest.raises(ConfigError, match=says):
         sweep_config(overrides)
+
+
+def sweeps_engine_search(config: dict, n: int = 12) -> list:
+    """n runs the `sweeps` engine proposes for a random or bayes config, each finished with a made-up metric."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import sweeps
+    runs: list = []
+    for i in range(n):
+        run = sweeps.next_run(config, runs, validate=True)
+        run.state = sweeps.RunState.finished
+        run.summary_metrics = {config["metric"]["name"]: (i * 7 % 10) / 10}  # bayes fits its model to these
+        runs.append(run)
+    return runs
+
+
+@pytest.mark.parametrize("method", ["random", "bayes"])
+def test_an_optuna_preset_exports_a_wandb_search_whose_runs_lie_in_its_distributions(method: str) -> None:
+    config = sweep_config(["hparams_search=resnet_lr"], method=method)
+    assert config["method"] == method and config["name"] == "resnet_lr"
+    assert config["metric"] == {"name": "val_acc", "goal": "maximize"}  # the task's monitor, the study's direction
+    assert config["parameters"] == {
+        "optimizer.lr": {"distribution": "log_uniform_values", "min": 0.01, "max": 0.5},
+        "optimizer.weight_decay": {"distribution": "log_uniform_values", "min": 1e-5, "max": 1e-3},
+        "trainer.batch_size": {"values": [64, 128, 256]},
+    }
+    # one job per agent run: the preset's fixed params instead of the preset (which would start a study)
+    fixed = ["model=resnet", "model.depth=20", "logger.mode=online"]
+    assert config["command"] == ["${env}", "${interpreter}", "-m", "cnnlab", *fixed, "${args_no_hyphens}"]
+    runs = sweeps_engine_search(config)
+    jobs = [parsed(agent_command(config, run)[len(fixed) + 4 :]) for run in runs]  # what Hydra reads back
+    assert all(0.01 <= job["optimizer.lr"] <= 0.5 and 1e-5 <= job["optimizer.weight_decay"] <= 1e-3 for job in jobs)
+    assert {job["trainer.batch_size"] for job in jobs} <= {64, 128, 256}
+    assert len({job["optimizer.lr"] for job in jobs}) == len(jobs)  # drawn, not a grid
+
+
+def test_hydra_sweep_syntax_maps_to_wandb_distributions() -> None:
+    overrides = [
+        "optimizer.lr=interval(0.01,0.1)",
+        "trainer.batch_size=int(interval(16,256))",
+        "trainer.epochs=tag(log,int(interval(1,8)))",
+        "seed=0,1",
+        "optimizer=choice(sgd,adam)",
+        "task.monitor=val_loss",
+    ]
+    config = sweep_config(overrides, method="random")
+    assert config["parameters"] == {
+        "optimizer.lr": {"distribution": "uniform", "min": 0.01, "max": 0.1},
+        "trainer.batch_size": {"distribution": "int_uniform", "min": 16, "max": 256},
+        "trainer.epochs": {"distribution": "q_log_uniform_values", "min": 1, "max": 8, "q": 1},
+        "seed": {"values": [0, 1]},
+        "optimizer": {"values": ["sgd", "adam"]},
+    }
+    assert config["metric"] == {"name": "val_loss", "goal": "minimize"}
+    for run in sweeps_engine_search(config):
+        job = parsed(agent_command(config, run)[6:])
+        assert isinstance(job["trainer.batch_size"], int) and 16 <= job["trainer.batch_size"] <= 256
+        assert isinstance(job["trainer.epochs"], int) and 1 <= job["trainer.epochs"] <= 8
+        assert 0.01 <= job["optimizer.lr"] <= 0.1 and job["optimizer"] in ("sgd", "adam")
+
+
+def test_the_presets_direction_sets_the_goal() -> None:
+    config = sweep_config(["hparams_search=resnet_lr", "hydra.sweeper.direction=minimize"], method="bayes")
+    assert config["metric"]["goal"] == "minimize"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "method", "says"),
+    [
+        (["hparams_search=resnet_lr", "optimizer.lr=interval(-1,0.1)"], "random", "optimizer.lr=-1.0 is not allowed"),
+        (["task=cam", "checkpoint=x.pt", "seed=0,1"], "bayes", "task.monitor=null is not allowed"),
+        (["trainer.max_steps=2"], "random", "nothing to search"),
+    ],
+)
+def test_a_search_that_cannot_run_is_refused(overrides, method: str, says: str) -> None:
+    with pytest.raises(UserError, match=says):
+        sweep_config(overrides, method=method)
+
+
+def test_the_agents_python_by_default_and_python_pins_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "sweep.yaml"
+    main(["hparams_search=resnet_lr", "--method", "bayes", "-o", str(out)])
+    assert yaml.safe_load(out.read_text())["command"][:2] == ["${env}", "${interpreter}"]
+    assert "bayes search over optimizer.lr, optimizer.weight_decay, trainer.batch_size" in capsys.readouterr().out
+    main(["seed=0,1", "--python", "/opt/lab/venv/bin/python", "-o", str(out)])
+    assert yaml.safe_load(out.read_text())["command"][:3] == ["/opt/lab/venv/bin/python", "-m", "cnnlab"]
