@@ -98,6 +98,8 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 def check_fits(model: torch.nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:
     """Say what differs when weights do not fit a model (depth, width, shortcut, classes...)."""
+    upgrade = getattr(model, "upgrade_state_dict", None)  # a model may rename the keys of its older checkpoints
+    weights = upgrade(weights) if callable(upgrade) else weights
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in weights.items()}
     missing, extra = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())

@@ -238,6 +238,26 @@ class PathsConfig:
 # ---------------------------------------------------------------- tasks
 
 CANVAS_METRICS = ("cls_acc", "loc_acc", "mean_iou", "center_err_px", "pointing_acc", "box_precision", "canvases")
+# task.method: cnnlab's class-map methods and baselines (cnnlab.vision.METHODS, kept equal by a test), or
+# pgc:<Name> for a method of pytorch-grad-cam (the `cam` extra)
+MAP_METHODS = ("fully-conv", "cam", "grad-cam", "grad-cam++", "xgrad-cam", "layer-cam", "score-cam")
+MAP_BASELINES = ("random", "center", "ink")
+METHOD_ALLOWED = (
+    f"one of {', '.join(MAP_METHODS)}; the baselines {', '.join(MAP_BASELINES)}; or pgc:<Name> for a method of "
+    'pytorch-grad-cam (e.g. pgc:ScoreCAM, pgc:HiResCAM; pip install -e ".[cam]")'
+)
+LAYER_ALLOWED = (
+    "null (the method's default: the last maps, stage3) or a layer name: stem, stage1, stage2, stage3, a block "
+    "(stage3.0) or any submodule (stage2.0.bn2); integers indexed the old unnamed layers, -1 is now stage3"
+)
+
+
+def _method_ok(value: Any) -> bool:
+    return value in MAP_METHODS + MAP_BASELINES or bool(re.fullmatch(r"pgc:[A-Za-z_][A-Za-z0-9_]*", str(value)))
+
+
+def _layer_ok(value: Any) -> bool:
+    return value is None or not re.fullmatch(r"-?\d+", str(value))
 
 
 @dataclass
@@ -282,6 +302,8 @@ class LocalizeConfig:
     iou: float = rule(0.5, *FRACTION)
     batch_size: int = rule(50, *POSITIVE)
     figure_count: int = rule(16, *POSITIVE)
+    method: str = rule("fully-conv", METHOD_ALLOWED, _method_ok)
+    layer: Optional[str] = rule(None, LAYER_ALLOWED, _layer_ok, "stage3")
 
 
 @dataclass
@@ -290,8 +312,7 @@ class CamConfig(LocalizeConfig):
     monitor: Optional[str] = None  # null: loc_acc on canvases, cls_acc with source=test
     threshold: float = rule(0.5, *FRACTION)
     source: str = rule("canvas", *one_of("canvas", "test"))
-    method: str = rule("cam", *one_of("cam", "grad-cam"))
-    layer: int = -1
+    method: str = rule("cam", METHOD_ALLOWED, _method_ok)
     class_index: Optional[int] = rule(
         None, "null (the predicted class) or a class number", lambda v: v is None or v >= 0
     )

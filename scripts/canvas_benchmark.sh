@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The localization/CAM measurements in the README: train the canvas classifier, then score both tasks on
-# 500 single-digit, cluttered and 3-digit canvases. Figures land in each run dir's figures/.
+# The localization/CAM measurements in the README: train the canvas classifier, then score the class-map methods
+# and the baselines on 500 single-digit, cluttered and 3-digit canvases. Figures land in each run dir's figures/.
 #   bash scripts/canvas_benchmark.sh [outputs/canvas]
+# pgc:HiResCAM runs only where the `cam` extra (pytorch-grad-cam) is installed.
 set -euo pipefail
 out=${1:-outputs/canvas}
 run() { python -m cnnlab logger=none "hydra.run.dir=$out/$1" "${@:2}"; python - "$out/$1" <<'PY'
@@ -19,4 +20,10 @@ run cam-single task=cam "$ck"
 run cam-single-paper task=cam "$ck" task.threshold=0.2
 run cam-clutter task=cam "$ck" task.canvas.clutter=8
 run cam-3digits task=cam "$ck" task.canvas.digits=3
-run gradcam-single task=cam "$ck" task.method=grad-cam
+for method in grad-cam grad-cam++ xgrad-cam layer-cam random center ink; do
+  run "$method-single" task=cam "$ck" task.method=$method
+  run "$method-clutter" task=cam "$ck" task.method=$method task.canvas.clutter=8
+done
+run ink-3digits task=cam "$ck" task.method=ink task.canvas.digits=3
+run score-cam-single task=cam "$ck" task.method=score-cam task.canvas.count=50   # 64 forward passes a canvas: slow
+if python -c "import pytorch_grad_cam" 2>/dev/null; then run pgc-hirescam-single task=cam "$ck" task.method=pgc:HiResCAM; fi

@@ -16,10 +16,10 @@ LAYERS = {
     "cnnlab.config": 1,
     "cnnlab.config_errors": 1,
     "cnnlab.checkpoint": 1,
+    "cnnlab.provenance": 1,  # imported on the start-up path: no torch at import time
     "cnnlab.models": 2,
     "cnnlab.data": 2,
-    "cnnlab.cam": 2,
-    "cnnlab.localization": 2,
+    "cnnlab.vision": 2,  # class maps: methods, baselines, pytorch-grad-cam, boxes, the canvas evaluation
     "cnnlab.figures": 2,
     "cnnlab.results": 2,
     "cnnlab.progress": 2,
@@ -33,6 +33,8 @@ LAYERS = {
     "cnnlab.resume": 5,
     "cnnlab.report": 5,
     "cnnlab.sweep": 5,
+    "cnnlab.search": 5,
+    "cnnlab.sweep_resume": 5,
 }
 
 

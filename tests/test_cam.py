@@ -1,46 +1,25 @@
-"""task=cam and the CAM / Grad-CAM maps it draws."""
+"""task=cam: every class-map method through the one canvas evaluation, on canvases and on test images."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 
 import pytest
 import torch
 
 from cnnlab import figures
-from cnnlab.cam import class_activation_maps, grad_cam, normalize_per_image
+from cnnlab.config import MAP_BASELINES, MAP_METHODS
 from cnnlab.errors import CheckpointError, ConfigError
-from cnnlab.models.fully_conv import FullyConvNet
-from cnnlab.models.resnet import ResNet
+from cnnlab.vision.maps import normalize_per_image
 from tests.conftest import run_app
 from tests.test_localize import cifar_checkpoint, mnist_checkpoint  # noqa: F401 (fixtures)
 
-
-def small_resnet() -> ResNet:
-    torch.manual_seed(0)
-    model = ResNet(depth=8, width=8, in_channels=1).eval()
-    torch.nn.init.normal_(model.fc.bias)
-    return model
-
-
-def test_cam_is_the_score_map_without_the_bias():
-    model = small_resnet()
-    x = torch.randn(3, 1, 40, 40)
-    with torch.no_grad():
-        cams = class_activation_maps(model, x)
-        maps = FullyConvNet(model)(x)
-    assert (cams + model.fc.bias.view(1, -1, 1, 1) - maps).abs().max() < 1e-4
-
-
-def test_grad_cam_at_the_last_layer_is_relu_cam_and_elsewhere_has_that_layers_size():
-    model = small_resnet()
-    x = torch.randn(2, 1, 32, 32)
-    with torch.no_grad():
-        cams = class_activation_maps(model, x)
-    grads = grad_cam(model, x)
-    assert grads.shape == (2, 10, 8, 8)
-    assert (grads - torch.relu(cams) / 64).abs().max() < 1e-6
-    assert grad_cam(model, x, layer=3).shape == (2, 10, 32, 32)  # the first block, before any stride
+PGC = ["pgc:ScoreCAM", "pgc:HiResCAM"]
+needs_pgc = pytest.mark.skipif(importlib.util.find_spec("pytorch_grad_cam") is None, reason="the cam extra")
+EVERY = [*MAP_METHODS, *MAP_BASELINES, *(pytest.param(m, marks=needs_pgc) for m in PGC)]
+SMALL = ["task.canvas.count=8", "task.canvas.size=64", "task.figure_count=4"]
 
 
 def test_per_image_normalization_is_min_max_scaling_of_each_map():
@@ -65,23 +44,33 @@ def test_per_image_normalization_is_min_max_scaling_of_each_map():
     assert torch.equal(out.flatten(2).argmax(-1), rand.flatten(2).argmax(-1))  # order kept within each map
 
 
-@pytest.mark.parametrize("method", ["cam", "grad-cam"])
-def test_cam_end_to_end_on_canvases(tmp_path, mnist_checkpoint, method):  # noqa: F811
-    result = run_app(
-        tmp_path,
-        "task=cam",
-        f"checkpoint={mnist_checkpoint}",
-        f"task.method={method}",
-        "task.canvas.count=8",
-        "task.canvas.size=64",
-        "task.figure_count=4",
-        "task.threshold=0.2",
-    )
+@pytest.mark.parametrize("method", EVERY)
+def test_every_method_runs_on_canvases(tmp_path, mnist_checkpoint, method):  # noqa: F811
+    result = run_app(tmp_path, "task=cam", f"checkpoint={mnist_checkpoint}", f"task.method={method}", *SMALL)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert result == metrics["loc_acc"]
-    assert metrics["canvases"] == 8 and metrics["task.method"] == method and metrics["task.threshold"] == 0.2
-    for key in ("cls_acc", "loc_acc", "mean_iou", "pointing_acc"):
+    assert metrics["canvases"] == 8 and metrics["task.method"] == method and metrics["task.layer"] is None
+    for key in ("cls_acc", "loc_acc", "mean_iou", "pointing_acc", "box_precision"):
         assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["stride"] == (1 if method in MAP_BASELINES or method.startswith("pgc:") else 4)
+    assert (tmp_path / "figures" / "cam.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_class_comes_from_the_same_pooling_whatever_the_map(tmp_path, mnist_checkpoint):  # noqa: F811
+    found = {}
+    for method in ("fully-conv", "cam", "ink", "random"):
+        run_app(tmp_path / method, "task=cam", f"checkpoint={mnist_checkpoint}", f"task.method={method}", *SMALL)
+        found[method] = json.loads((tmp_path / method / "metrics.json").read_text())["cls_acc"]
+    assert len(set(found.values())) == 1, found
+
+
+@pytest.mark.parametrize("method", EVERY)
+def test_every_method_runs_on_test_images(tmp_path, cifar_checkpoint, method):  # noqa: F811
+    overrides = ["task=cam", f"checkpoint={cifar_checkpoint}", "task.source=test", "task.figure_count=3"]
+    layer = [] if method in ("fully-conv", "cam") or method in MAP_BASELINES else ["task.layer=stage2"]
+    result = run_app(tmp_path, *overrides, f"task.method={method}", *layer)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["images"] == 50 and result == metrics["cls_acc"] and metrics["task.method"] == method
     assert (tmp_path / "figures" / "cam.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -95,7 +84,7 @@ def test_cam_overlays_on_cifar_test_images(tmp_path, cifar_checkpoint, monkeypat
     real_box_grid = figures.box_grid
 
     def box_grid(*args, **kwargs):  # what the figure is drawn with: class names, a colour bar, the run's name
-        drawn.update(kwargs, title=args[5])
+        drawn.update(kwargs, title=args[5], overlays=args[1])
         return real_box_grid(*args, **kwargs)
 
     monkeypatch.setattr(figures, "box_grid", box_grid)
@@ -106,16 +95,30 @@ def test_cam_overlays_on_cifar_test_images(tmp_path, cifar_checkpoint, monkeypat
     assert drawn["class_names"][0] == "airplane" and drawn.get("colorbar", True)
     assert all(c.startswith("pred ") and c.split()[1].isalpha() for c in drawn["captions"])  # names, not numbers
     assert "resnet8-res-s0" in drawn["title"] and "cifar10" in drawn["title"]
+    assert drawn["overlays"].shape == (6, 32, 32) and drawn["overlays"].amax(dim=(1, 2)).min() > 0.99
 
 
 def test_cam_checks_its_options_before_work(tmp_path, mnist_checkpoint):  # noqa: F811
     base = ["task=cam", f"checkpoint={mnist_checkpoint}"]
-    with pytest.raises(ConfigError, match="task.method"):
-        run_app(tmp_path / "a", *base, "task.method=score-cam")
+    with pytest.raises(ConfigError, match="task.method='score_cam' is not allowed: one of fully-conv, cam") as e:
+        run_app(tmp_path / "a", *base, "task.method=score_cam")
+    assert all(name in str(e.value) for name in (*MAP_METHODS, *MAP_BASELINES, "pgc:<Name>"))
     with pytest.raises(ConfigError, match="task.class_index"):
         run_app(tmp_path / "b", *base, "task.class_index=12")
-    with pytest.raises(ConfigError, match="task.layer"):
-        run_app(tmp_path / "c", *base, "task.method=grad-cam", "task.layer=40")
+    with pytest.raises(ConfigError, match=r"task.layer='1' is not allowed: .*-1 is now stage3.*`task.layer=stage3`"):
+        run_app(tmp_path / "c", *base, "task.method=grad-cam", "task.layer=1")  # the old integer form
+    with pytest.raises(ConfigError, match="task.layer='stage9' is not allowed: null or a layer name: stem, stage1"):
+        run_app(tmp_path / "d", *base, "task.method=grad-cam", "task.layer=stage9")
+    with pytest.raises(ConfigError, match="task.layer='stage2' is not allowed: null or stage3"):
+        run_app(tmp_path / "e", *base, "task.layer=stage2")  # CAM needs the maps the classifier pools
+    for run in "abcde":
+        assert not (tmp_path / run / "metrics.json").exists()
+
+
+def test_a_library_method_without_the_extra_is_one_clear_error(tmp_path, mnist_checkpoint, monkeypatch):  # noqa: F811
+    monkeypatch.setitem(sys.modules, "pytorch_grad_cam", None)  # what a missing package looks like to import
+    with pytest.raises(ConfigError, match=r"task.method='pgc:ScoreCAM' is not allowed: .*pip install -e \"\.\[cam\]\""):
+        run_app(tmp_path, "task=cam", f"checkpoint={mnist_checkpoint}", "task.method=pgc:ScoreCAM")
 
 
 def test_cam_refuses_a_model_without_convolutional_features(tmp_path):

@@ -117,7 +117,7 @@ def test_restore_model_refuses_a_malicious_checkpoint(tmp_path):
     ("other", "says"),
     [
         ({"depth": 14}, "tensors the model lacks"),
-        ({"width": 8}, "features.0.weight: model (4, 1, 3, 3) vs checkpoint (8, 1, 3, 3)"),
+        ({"width": 8}, "stage1.0.bn1.weight: model (4,) vs checkpoint (8,)"),
         ({"num_classes": 5}, "fc.weight: model (10, 16) vs checkpoint (5, 16)"),
         ({"shortcut": "C"}, "tensors the model lacks"),
     ],

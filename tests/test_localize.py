@@ -1,4 +1,4 @@
-"""task=localize and its parts: the fully convolutional conversion, canvases, box extraction, metrics."""
+"""task=localize and its parts: the fully convolutional score maps, canvases, box extraction, metrics."""
 
 from __future__ import annotations
 
@@ -10,14 +10,17 @@ import torch
 from omegaconf import OmegaConf
 from torchvision.ops import box_iou
 
-from cnnlab.cam import upsample_cells
+from cnnlab import checkpoint
 from cnnlab.data.canvas import make_canvases
 from cnnlab.errors import ConfigError
-from cnnlab.localization import Detections, Scores, connected_components, detect, pool_scores, regions
-from cnnlab.models.fully_conv import FullyConvNet
 from cnnlab.models.resnet import ResNet
 from cnnlab.tasks.parts import canvases_for
+from cnnlab.vision.boxes import Detections, connected_components, detect, pool_scores, regions
+from cnnlab.vision.canvas_eval import Scores
+from cnnlab.vision.maps import cell_centers, upsample_cells
+from cnnlab.vision.methods import FullyConv
 from tests.conftest import run_app, write_cifar10
+from tests.test_models import old_layout
 
 TINY = ["model=resnet", "model.depth=8", "model.width=4", "trainer.max_steps=2", "runtime.figures=false"]
 
@@ -58,10 +61,11 @@ def test_spatial_mean_of_score_maps_equals_logits(channels, size):
     torch.nn.init.normal_(model.fc.bias)
     x = torch.randn(4, channels, size, size)
     with torch.no_grad():
-        maps = FullyConvNet(model)(x)
         logits = model(x)
-    assert maps.shape == (4, 10, size // 4, size // 4)
-    assert (maps.mean(dim=(2, 3)) - logits).abs().max() <= 1e-4
+    found = FullyConv(model)(x)
+    assert found.maps.shape == (4, 10, size // 4, size // 4) and found.stride == 4
+    assert (found.maps.mean(dim=(2, 3)) - logits).abs().max() <= 1e-4
+    assert torch.equal(found.logits, logits)
 
 
 def test_cell_centres_are_where_receptive_fields_are_centred():
@@ -69,12 +73,11 @@ def test_cell_centres_are_where_receptive_fields_are_centred():
     with torch.no_grad():  # positive weights and inputs keep every ReLU open: the gradient covers the whole field
         for p in model.parameters():
             p.abs_()
-    net = FullyConvNet(model)
     x = torch.rand(1, 1, 64, 64, requires_grad=True)
-    net.features(x)[0, :, 5, 9].sum().backward()
+    model.features(x)[0, :, 5, 9].sum().backward()
     rows = x.grad[0, 0].abs().sum(1).nonzero().flatten()
     cols = x.grad[0, 0].abs().sum(0).nonzero().flatten()
-    centres = net.cell_centers(16)
+    centres = cell_centers(16, model.stride)
     # pixel i spans [i, i + 1): a field over pixels a..b is centred at (a + b + 1) / 2
     assert (rows.min() + rows.max() + 1) / 2 == centres[5]
     assert (cols.min() + cols.max() + 1) / 2 == centres[9]
@@ -255,3 +258,21 @@ def test_localize_refuses_bad_options_and_non_mnist_models(tmp_path, mnist_check
     with pytest.raises(ConfigError, match="MNIST-family"):
         run_app(tmp_path / "b", "task=localize", f"checkpoint={cifar_checkpoint}")
     assert not (tmp_path / "a" / "metrics.json").exists()
+
+
+def test_checkpoints_written_before_the_parts_had_names_still_load(tmp_path, mnist_checkpoint):
+    state = checkpoint.load(mnist_checkpoint)
+    model = ResNet(**{k: v for k, v in state["config"]["model"].items() if k != "_target_"})
+    model.load_state_dict(state["model"])
+    old = tmp_path / "old.pt"
+    checkpoint.save({**state, "model": old_layout(model)}, old)
+    assert "features.0.weight" in checkpoint.load(old)["model"]
+    accuracy = {}
+    for name, path in (("new", mnist_checkpoint), ("old", old)):
+        run_app(tmp_path / name, "task=evaluate", f"checkpoint={path}")
+        accuracy[name] = json.loads((tmp_path / name / "metrics.json").read_text())["test_acc"]
+    assert accuracy["old"] == accuracy["new"]
+    small = ["task.canvas.count=4", "task.canvas.size=64", "task.figure_count=2"]
+    for task in ("localize", "cam"):
+        run_app(tmp_path / task, f"task={task}", f"checkpoint={old}", *small)
+        assert json.loads((tmp_path / task / "metrics.json").read_text())["canvases"] == 4

@@ -63,3 +63,35 @@ def test_mlp_has_no_activation_on_logits():
     assert model(torch.randn(5, 1, 28, 28)).shape == (5, 10)
     with pytest.raises(ValueError, match="activation='swish'"):
         MLP(in_shape=(1, 28, 28), num_classes=10, activation="swish")
+
+
+def test_resnet_parts_are_named_and_run_in_order():
+    torch.manual_seed(0)
+    model = ResNet(depth=14, width=4, in_channels=1).eval()
+    assert [name for name, _ in model.named_children()] == ["stem", "stage1", "stage2", "stage3", "pool", "fc"]
+    assert [len(getattr(model, s)) for s in ("stage1", "stage2", "stage3")] == [2, 2, 2]
+    x = torch.randn(2, 1, 28, 28)
+    by_hand = model.stage3(model.stage2(model.stage1(model.stem(x))))
+    assert torch.equal(model.features(x), by_hand)
+    assert torch.equal(model(x), model.fc(by_hand.mean(dim=(2, 3))))
+
+
+def old_layout(model: ResNet) -> dict[str, torch.Tensor]:
+    """The state dict a ResNet had before its parts were named: one `features` Sequential, then fc."""
+    features = torch.nn.Sequential(*model.stem, *model.stage1, *model.stage2, *model.stage3)
+    return {**{f"features.{k}": v for k, v in features.state_dict().items()}, **model.fc.state_dict(prefix="fc.")}
+
+
+def test_weights_of_the_old_layout_load_into_the_named_parts():
+    torch.manual_seed(0)
+    trained = ResNet(depth=14, width=4, in_channels=1, shortcut="B").eval()
+    for m in trained.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+    weights = old_layout(trained)
+    assert "features.8.conv1.weight" in weights and not any(k.startswith("stage") for k in weights)
+    fresh = ResNet(depth=14, width=4, in_channels=1, shortcut="B").eval()
+    fresh.load_state_dict(weights)  # strict: every key found
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(fresh(x), trained(x))
+    assert fresh.upgrade_state_dict(weights).keys() == trained.state_dict().keys()

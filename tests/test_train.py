@@ -159,7 +159,7 @@ def test_channels_last_auto_avoids_the_cpu_kernel_crash(tmp_path):
     wide = Trainer(TrainerConfig(), cpu, tmp_path)
     model = wide.prepare(ResNet(depth=8, width=16, shortcut="B"))
     assert wide.runtime.channels_last is True and model.fc.weight.device == cpu
-    assert model.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert model.stem.conv.weight.is_contiguous(memory_format=torch.channels_last)
     forced = Trainer(TrainerConfig(), cpu, tmp_path, runtime=RuntimeConfig(channels_last=True))
     with pytest.raises(ValueError, match="fewer than 8 input channels"):
         forced.prepare(ResNet(depth=8, width=4, shortcut="C"))

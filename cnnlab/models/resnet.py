@@ -1,11 +1,16 @@
 """CIFAR-style ResNet of He et al. 2016 (section 4.2) and its plain twin.
 
-depth = 6n + 2: a 3x3 stem conv, three stages of n basic blocks with width, 2*width and 4*width channels
-(stride 2 at the first block of stages 2 and 3), global average pooling and one linear layer.
-`features` ends at the last convolutional maps, so CAM and the fully-convolutional form can reuse it.
+depth = 6n + 2: a 3x3 `stem` conv, three stages `stage1..3` of n basic blocks with width, 2*width and 4*width
+channels (stride 2 at the first block of stages 2 and 3), global average `pool` and one linear layer `fc`.
+Class-map methods choose a layer by name: `stem`, `stage2`, `stage3.1` (a block), `stage2.0.bn2`, ...
+Checkpoints written before the parts had names (one `features` Sequential) load: their keys are renamed.
 """
 
 from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -92,21 +97,23 @@ class ResNet(nn.Module):
         shortcut = str(shortcut).upper()
         if shortcut not in SHORTCUTS:
             raise BadArgument("shortcut", shortcut, "A, B or C", "A")
-        layers: list[nn.Module] = [
-            _conv3x3(in_channels, width, 1, bias=not batch_norm),
-            _norm(width, batch_norm),
-            nn.ReLU(inplace=True),
-        ]
+        self.n = n
+        self.stem = nn.Sequential(
+            OrderedDict(
+                conv=_conv3x3(in_channels, width, 1, bias=not batch_norm), bn=_norm(width, batch_norm), relu=nn.ReLU()
+            )
+        )
         cin = width
-        for stage, cout in enumerate((width, 2 * width, 4 * width)):
+        for stage, cout in enumerate((width, 2 * width, 4 * width), start=1):
+            blocks = []
             for i in range(n):
-                stride = 2 if stage > 0 and i == 0 else 1
-                layers.append(BasicBlock(cin, cout, stride, residual, shortcut, batch_norm))
+                blocks.append(BasicBlock(cin, cout, 2 if stage > 1 and i == 0 else 1, residual, shortcut, batch_norm))
                 cin = cout
-        self.features = nn.Sequential(*layers)
+            self.add_module(f"stage{stage}", nn.Sequential(*blocks))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(cin, num_classes)
         self.stride = 4  # input pixels per cell of the last feature maps
+        self.register_load_state_dict_pre_hook(self._rename_old_keys)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -116,5 +123,35 @@ class ResNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    layers = ("stem", "stage1", "stage2", "stage3")  # the named parts a class map can be taken at
+    last_layer = "stage3"  # the last convolutional maps: what `pool` and `fc` see
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> the last convolutional maps (B, 4 width, H/4, W/4)."""
+        return self.stage3(self.stage2(self.stage1(self.stem(x))))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+    def upgrade_state_dict(self, weights: dict[str, Any]) -> dict[str, Any]:
+        """Weights with the keys of this layout; those of the unnamed `features` Sequential are renamed.
+
+        features.0 was the stem conv, features.1 its norm, features.2 its ReLU, features.3+ the blocks (n a stage).
+        """
+
+        def rename(key: str) -> str:
+            found = re.match(r"features\.(\d+)\.(.*)", key)
+            if not found:
+                return key
+            index, rest = int(found.group(1)), found.group(2)
+            if index < 3:
+                return f"stem.{('conv', 'bn', 'relu')[index]}.{rest}"
+            stage, block = divmod(index - 3, self.n)
+            return f"stage{stage + 1}.{block}.{rest}"
+
+        return {rename(k): v for k, v in weights.items()}
+
+    def _rename_old_keys(self, module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+        """load_state_dict pre-hook: checkpoints of the old layout load too (evaluate, localize, cam, resume)."""
+        own = {k[len(prefix) :]: state_dict.pop(k) for k in list(state_dict) if k.startswith(prefix)}
+        state_dict.update({prefix + k: v for k, v in self.upgrade_state_dict(own).items()})

@@ -1,106 +1,88 @@
-"""task=cam: Class Activation Maps (or Grad-CAM) of a trained ResNet, with boxes and metrics on canvases.
+"""task=cam (and task=localize): a class-map method of a trained ResNet, scored by the one canvas evaluation.
 
-On canvases (MNIST family): the class is chosen as in task=localize (a pooling of the score maps above an
-empty canvas), its map is upsampled to pixels, min-max normalized per image and thresholded at a fraction of
-its maximum (Zhou et al.: 0.2); the largest connected component is the box. With task.source=test, any
-dataset (CIFAR-10 included): overlays on test images, without boxes.
+`task.method` picks the map (cnnlab's methods, baselines, pgc:<Name>), `task.layer` the layer by name. On canvases
+(MNIST family) the class is a pooling of the fully-convolutional score maps, the maps become boxes and metrics
+(cnnlab.vision.canvas_eval); with task.source=test, any dataset (CIFAR-10 included): overlays on test images.
+task=localize is the same with the fully-convolutional score maps and its own defaults (conf/task/localize.yaml).
 """
 
 from __future__ import annotations
 
-import logging
+from pathlib import Path
 
 import torch
+from omegaconf import DictConfig
 
 from cnnlab import figures
-from cnnlab.cam import class_activation_maps, grad_cam, normalize_per_image, upsample_cells
+from cnnlab.config import CANVAS_METRICS
+from cnnlab.data.canvas import Canvases
 from cnnlab.errors import ConfigError
-from cnnlab.localization import Detections, Scores, detect, peak_point, pool_scores
-from cnnlab.models.fully_conv import FullyConvNet
-from cnnlab.results import class_name
 from cnnlab.tasks.context import Context, TaskResult
-from cnnlab.tasks.localize import METRIC_KEYS, batches
-from cnnlab.tasks.parts import canvases_for, load_data, restore_model, trained_dataset
+from cnnlab.tasks.parts import canvases_for, class_map_method, load_data, restore_model, trained_dataset
 from cnnlab.tasks.publish import run_name, settings
+from cnnlab.vision.canvas_eval import BoxRule, Evaluation, batches, evaluate_canvases, evaluate_images
 
-log = logging.getLogger("cnnlab")
+METRIC_KEYS = list(CANVAS_METRICS)
 
 
 def run(ctx: Context) -> TaskResult:
     cfg, task = ctx.cfg, ctx.cfg.task
     model, saved, _ = restore_model(cfg.checkpoint, ctx.device, ctx.run_dir)
-    model.eval()
-    FullyConvNet(model)  # a clear error for a model without conv features + linear layer (an MLP)
-    if task.method == "grad-cam" and not -len(model.features) <= task.layer < len(model.features):
-        raise ConfigError(
-            "task.layer",
-            task.layer,
-            f"an index into model.features (-{len(model.features)} to {len(model.features) - 1})",
-            "task.layer=-1",
-        )
-    classes = int(saved.model.num_classes)
-    if task.class_index is not None and not (isinstance(task.class_index, int) and 0 <= task.class_index < classes):
-        raise ConfigError(
-            "task.class_index", task.class_index, f"null (predicted) or 0..{classes - 1}", "task.class_index=null"
-        )
+    method = class_map_method(model, task)
+    rule = box_rule(task, int(saved.model.num_classes))
     dataset = trained_dataset(saved, cfg, ctx.info)
-    names = dataset.get("classes")
-    on_canvas = task.source == "canvas"
+    shown = int(task.figure_count)
+    stats = (list(dataset.mean), list(dataset.std), ctx.device)
+    on_canvas = task.get("source", "canvas") == "canvas"
     if on_canvas:
         canvases = canvases_for(task.canvas, dataset)
-        images, labels = canvases.images, canvases.labels
+        images = canvases.images
+        blank = next(batches(torch.zeros_like(images[:1]), *stats, 1))
+        result = evaluate_canvases(method, canvases, batches(images, *stats, int(task.batch_size)), blank, rule, shown)
     else:
         data = load_data(dataset)
-        images, labels = data.test_x, [t.view(1) for t in data.test_y]
-    scores, found, overlays, captions, start, correct = Scores(float(task.iou)), [], [], [], 0, 0
-    shown = min(int(task.figure_count), len(images))
-    size = tuple(images.shape[2:])
-    for x in batches(images, dataset, ctx.device, int(task.batch_size)):
-        with torch.no_grad():
-            cams = class_activation_maps(model, x)
-        bias = model.fc.bias.detach().view(1, -1, 1, 1)
-        # the predicted class: on canvases a pooling of the score maps (CAM + bias), else the model's logits
-        scores_maps = cams + bias
-        predicted = (
-            pool_scores(scores_maps, task.pooling, task.window, task.topk) if on_canvas else scores_maps.mean((2, 3))
-        )
-        explained = predicted
-        if task.class_index is not None:  # boxes and overlays of this class on every image
-            explained = torch.nn.functional.one_hot(torch.full((len(x),), task.class_index), classes).float()
-        maps = grad_cam(model, x, int(task.layer)) if task.method == "grad-cam" else cams
-        stride = size[0] // maps.shape[2]
-        heat = normalize_per_image(upsample_cells(maps, stride, size, task.cell_center)).float().cpu()
-        predicted, explained = predicted.float().cpu(), explained.float().cpu()
-        for i in range(len(x)):
-            n = start + i
-            if on_canvas:
-                pred = detect(heat[i], explained[i], int(task.canvas.digits), float(task.threshold), rank="area")
-                peaks = {c: peak_point(heat[i, c]) for c in labels[n].unique().tolist()}
-                scores.add(pred, canvases.boxes[n], labels[n], peaks)
-            else:
-                top = int(predicted[i].argmax())
-                pred = Detections(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), torch.zeros(0))
-                correct += int(top == labels[n])
-                captions.append(f"pred {class_name(top, names)} / true {class_name(int(labels[n]), names)}")
-            if n < shown:
-                found.append(pred)
-                overlays.append(heat[i, int(explained[i].argmax())])
-        start += len(x)
+        images, names = data.test_x, dataset.get("classes")
+        result = evaluate_images(method, data.test_y, batches(images, *stats, int(task.batch_size)), rule, shown, names)
     name = run_name(saved.model, saved.seed)
-    metrics = {**scores.summary(), "stride": stride} if on_canvas else {"cls_acc": correct / start, "images": start}
-    metrics |= settings(cfg, saved)
-    path = figures.box_grid(
-        images[:shown],
-        torch.stack(overlays),
-        canvases if on_canvas else None,
-        found,
-        ctx.run_dir / "figures" / "cam.png",
-        f"{task.method}, {name}"
-        + (f", box at {task.threshold} of max: green true, red predicted" if on_canvas else f" on {dataset.name} test"),
-        captions=captions[:shown],
-        class_names=names,
-    )
+    where = f"{task.canvas.count} canvases" if on_canvas else f"{dataset.name} test"
+    path = figure(task, result, images[:shown], canvases if on_canvas else None, dataset, ctx, name)
+    metrics = {**result.metrics, **settings(cfg, saved)}
     monitor = task.monitor or ("loc_acc" if on_canvas else "cls_acc")
-    title = f"{task.method} {name} on " + (f"{task.canvas.count} canvases" if on_canvas else f"{dataset.name} test")
     table = METRIC_KEYS if on_canvas else ["cls_acc", "images"]
-    return TaskResult(metrics, title, table, monitor, figures={"figures/cam": path})
+    title = f"{task.name} {task.method} {name} on {where}"
+    return TaskResult(metrics, title, table, monitor, figures={f"figures/{task.name}": path})
+
+
+def box_rule(task: DictConfig, classes: int) -> BoxRule:
+    """The task's class choice and box settings; a class to explain must be one of the model's."""
+    index = task.get("class_index")
+    if index is not None and not (isinstance(index, int) and 0 <= index < classes):
+        raise ConfigError("task.class_index", index, f"null (predicted) or 0..{classes - 1}", "task.class_index=null")
+    keys = ("threshold", "pooling", "window", "topk", "cell_center", "iou")
+    return BoxRule(digits=int(task.canvas.digits), class_index=index, **{k: task[k] for k in keys})
+
+
+def figure(
+    task: DictConfig,
+    result: Evaluation,
+    images: torch.Tensor,
+    truth: Canvases | None,
+    dataset: DictConfig,
+    ctx: Context,
+    name: str,
+) -> Path:
+    """figures/<task>.png: the first images, the map of their class, true (green) and predicted (red) boxes."""
+    if truth is not None:
+        words = f"box at {task.threshold} of max: green true, red predicted"
+    else:
+        words = f"on {dataset.name} test"
+    return figures.box_grid(
+        images,
+        torch.stack(result.overlays),
+        truth,
+        result.found,
+        ctx.run_dir / "figures" / f"{task.name}.png",
+        f"{task.method}, {name}, {words}",
+        captions=result.captions or None,
+        class_names=dataset.get("classes"),
+    )

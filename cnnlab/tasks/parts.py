@@ -185,8 +185,16 @@ def restore_model(reference: str | None, device: torch.device, run_dir: Path) ->
     saved = OmegaConf.create(state["config"])
     model = instantiate(saved.model)
     checkpoint.check_fits(model, state["model"], path)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(state["model"])  # the model renames keys of checkpoints older than its named parts
     return model.to(device), saved, state
+
+
+def class_map_method(model: Any, task: DictConfig) -> Any:
+    """task.method at task.layer on a restored model (cnnlab.vision); a bad name or layer is a config error."""
+    from cnnlab.vision import make_method
+
+    with boundary("task"):
+        return make_method(str(task.method), model.eval(), task.get("layer"))
 
 
 def history(run_dir: Path) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""The lab's localization logic: pooling score maps into a canvas class, boxes from heat maps, and metrics.
+"""From maps to boxes: pooling score maps into a canvas class, boxes of the regions of a heat map, the peak.
 
 Coordinates are continuous pixels (x1, y1, x2, y2), pixel i spanning [i, i + 1), as torchvision.ops expects.
 A heat map may be coarse (one cell per `stride` pixels, cell 0 centred at `first_center`) or per pixel
@@ -7,7 +7,7 @@ A heat map may be coarse (one cell per `stride` pixels, cell 0 centred at `first
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -148,63 +148,3 @@ def peak_point(heat: torch.Tensor, stride: float = 1.0, first_center: float = 0.
     index = int(heat.argmax())
     row, col = divmod(index, heat.shape[1])
     return col * stride + first_center, row * stride + first_center
-
-
-@dataclass
-class Scores:
-    """Accumulates per-digit localization results over canvases; `summary()` gives the metrics."""
-
-    iou_threshold: float = 0.5
-    ious: list[float] = field(default_factory=list)
-    center_errors: list[float] = field(default_factory=list)
-    correct_classes: int = 0
-    digits: int = 0
-    canvases: int = 0
-    predicted: int = 0
-    predicted_correct: int = 0
-    pointing_hits: int = 0
-    pointing_total: int = 0
-
-    def add(
-        self,
-        pred: Detections,
-        true_boxes: torch.Tensor,
-        true_labels: torch.Tensor,
-        peaks: dict[int, tuple[float, float]],
-    ) -> None:
-        """One canvas: its detections, true boxes and labels, and the heat maximum of each true class."""
-        self.canvases += 1
-        self.digits += len(true_labels)
-        for c in true_labels.unique().tolist():
-            self.correct_classes += min(int((true_labels == c).sum()), int((pred.labels == c).sum()))
-        same = true_labels[:, None] == pred.labels[None, :]
-        iou = box_iou(true_boxes, pred.boxes) * same if len(pred.boxes) else torch.zeros(len(true_labels), 0)
-        for t in range(len(true_labels)):
-            best = int(iou[t].argmax()) if iou.shape[1] and same[t].any() else None
-            self.ious.append(float(iou[t, best]) if best is not None else 0.0)
-            if best is not None:
-                self.center_errors.append(float(torch.dist(_center(true_boxes[t]), _center(pred.boxes[best]))))
-        self.predicted += len(pred.labels)
-        self.predicted_correct += int((iou >= self.iou_threshold).any(dim=0).sum()) if iou.numel() else 0
-        for c, (x, y) in peaks.items():
-            mine = true_boxes[true_labels == c]
-            inside = (mine[:, 0] <= x) & (x < mine[:, 2]) & (mine[:, 1] <= y) & (y < mine[:, 3])
-            self.pointing_hits += int(inside.any())
-            self.pointing_total += 1
-
-    def summary(self) -> dict[str, float | int]:
-        ious = torch.tensor(self.ious)
-        return {
-            "cls_acc": self.correct_classes / max(1, self.digits),
-            "loc_acc": float((ious >= self.iou_threshold).float().mean()) if len(ious) else 0.0,
-            "mean_iou": float(ious.mean()) if len(ious) else 0.0,
-            "center_err_px": float(torch.tensor(self.center_errors).mean()) if self.center_errors else float("nan"),
-            "pointing_acc": self.pointing_hits / max(1, self.pointing_total),
-            "box_precision": self.predicted_correct / max(1, self.predicted),
-            "canvases": self.canvases,
-            "digits": self.digits,
-        }
-
-
-def _center(box: torch.Tensor) -> torch.Tensor:
-    return (box[:2] + box[2:]) / 2

@@ -1,0 +1,193 @@
+"""One evaluation for every class-map method.
+
+On canvases: the class of a canvas is a pooling of the fully-convolutional score maps (the same for every method,
+baselines included); the method's maps of the chosen and the true classes become boxes and metrics. Score maps
+(fully-conv) are taken relative to those of an empty canvas and boxed at cell resolution, each class's components
+ranked by peak; relevance maps (every other method) are upsampled to pixels, min-max normalized per image and
+boxed by their largest components (Zhou et al.). On test images: the model's class, its map, cls_acc.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import box_iou
+
+from cnnlab.data.canvas import Canvases
+from cnnlab.data.loader import DeviceLoader
+from cnnlab.results import class_name
+from cnnlab.vision.boxes import Detections, detect, peak_point, pool_scores
+from cnnlab.vision.maps import ClassMapMethod, ClassMaps, first_cell_center, normalize_per_image, upsample_cells
+from cnnlab.vision.methods import FullyConv
+
+
+@dataclass
+class BoxRule:
+    """How maps become a class and boxes."""
+
+    threshold: float  # a box: a component above this fraction of the map's maximum
+    digits: int = 1  # boxes per canvas
+    pooling: str = "window"
+    window: int = 5
+    topk: int = 16
+    cell_center: str = "middle"
+    iou: float = 0.5  # a box is correct at IoU >= this with a true box of its class
+    class_index: int | None = None  # explain this class on every image; None: the predicted one
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float | int]
+    overlays: list[Tensor] = field(default_factory=list)  # the first images' maps (H, W) in [0, 1]
+    found: list[Detections] = field(default_factory=list)  # their boxes
+    captions: list[str] = field(default_factory=list)
+
+
+def batches(images: Tensor, mean: Sequence[float], std: Sequence[float], device: torch.device, size: int) -> Iterator:
+    """Normalized float batches, by the same code and statistics as in training."""
+    loader = DeviceLoader(images, torch.zeros(len(images)), size, list(mean), list(std), device)
+    return (x for x, _ in loader)
+
+
+def explained(scores: Tensor, class_index: int | None) -> Tensor:
+    """(B, K) class scores, or a one-hot of `class_index` when one class is explained on every image."""
+    if class_index is None:
+        return scores
+    return F.one_hot(torch.full((len(scores),), class_index), scores.shape[1]).float()
+
+
+def heat_maps(
+    method: ClassMapMethod, maps: ClassMaps, size: tuple[int, int], where: str, blank: Tensor | None
+) -> tuple[Tensor, int, float, str]:
+    """(B, K, h, w) heat on CPU, its stride, the centre of its cell 0 and how its regions are ranked."""
+    full = maps.full(method.num_classes).float()
+    if blank is not None:  # score maps: evidence above an empty canvas, zero on background
+        return (full - blank).cpu(), maps.stride, first_cell_center(maps.stride, where), "peak"
+    return normalize_per_image(upsample_cells(full, maps.stride, size, where)).cpu(), 1, 0.5, "area"
+
+
+def evaluate_canvases(
+    method: ClassMapMethod, canvases: Canvases, batched: Iterable[Tensor], blank: Tensor, rule: BoxRule, shown: int
+) -> Evaluation:
+    """Boxes and metrics of `method` on the canvases (given again as normalized batches); `blank`: one normalized
+    empty canvas."""
+    scorer = method if isinstance(method, FullyConv) else FullyConv(method.model)
+    blank_maps = scorer(blank).maps.float() if method.scores else None
+    size, scores, out, start = tuple(canvases.images.shape[2:]), Scores(rule.iou), Evaluation({}), 0
+    for x in batched:
+        labels = canvases.labels[start : start + len(x)]
+        all_scores = scorer(x)
+        pooled = explained(
+            pool_scores(all_scores.maps, rule.pooling, rule.window, rule.topk).float().cpu(), rule.class_index
+        )
+        wanted = torch.cat([pooled.topk(min(rule.digits, pooled.shape[1])).indices, torch.stack(labels)], dim=1)
+        maps = all_scores if method is scorer else method(x, wanted)
+        heat, stride, center, rank = heat_maps(method, maps, size, rule.cell_center, blank_maps)
+        for i, truth in enumerate(labels):
+            pred = detect(heat[i], pooled[i], rule.digits, rule.threshold, stride, center, rank)
+            peaks = {c: peak_point(heat[i, c], stride, center) for c in truth.unique().tolist()}
+            scores.add(pred, canvases.boxes[start + i], truth, peaks)
+            if start + i < shown:
+                out.found.append(pred)
+        first = max(0, min(len(x), shown - start))
+        out.overlays += list(overlay(heat[:first], pooled[:first].argmax(1), stride, size, rule.cell_center))
+        start += len(x)
+    out.metrics = {**scores.summary(), "stride": maps.stride}
+    return out
+
+
+def overlay(heat: Tensor, classes: Tensor, stride: int, size: tuple[int, int], where: str) -> Tensor:
+    """(n, H, W) maps of `classes` in [0, 1] at pixel resolution, for figures."""
+    chosen = heat[torch.arange(len(heat)), classes][:, None]
+    if stride > 1:  # score maps: upsample, keep the evidence above the empty canvas
+        chosen = upsample_cells(chosen, stride, size, where).clamp(min=0)
+    return normalize_per_image(chosen)[:, 0]
+
+
+def evaluate_images(
+    method: ClassMapMethod, labels: Tensor, batched: Iterable[Tensor], rule: BoxRule, shown: int, names: Sequence | None
+) -> Evaluation:
+    """The model's class on test images (any dataset), and the map of the class explained, without boxes."""
+    out, correct, start = Evaluation({}), 0, 0
+    for x in batched:
+        with torch.no_grad():
+            predicted = method.model(x).float().cpu()
+        wanted = explained(predicted, rule.class_index).argmax(1, keepdim=True)
+        maps = method(x, wanted)
+        heat = normalize_per_image(upsample_cells(maps.maps.float(), maps.stride, tuple(x.shape[2:]), rule.cell_center))
+        truth = labels[start : start + len(x)]
+        correct += int((predicted.argmax(1) == truth).sum())
+        first = max(0, min(len(x), shown - start))
+        out.overlays += list(heat[:first, 0].cpu())
+        out.found += [Detections(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), torch.zeros(0))] * first
+        out.captions += [
+            f"pred {class_name(int(p), names)} / true {class_name(int(t), names)}"
+            for p, t in zip(predicted[:first].argmax(1), truth[:first], strict=True)
+        ]
+        start += len(x)
+    out.metrics = {"cls_acc": correct / max(1, start), "images": start}
+    return out
+
+
+@dataclass
+class Scores:
+    """Accumulates per-digit localization results over canvases; `summary()` gives the metrics."""
+
+    iou_threshold: float = 0.5
+    ious: list[float] = field(default_factory=list)
+    center_errors: list[float] = field(default_factory=list)
+    correct_classes: int = 0
+    digits: int = 0
+    canvases: int = 0
+    predicted: int = 0
+    predicted_correct: int = 0
+    pointing_hits: int = 0
+    pointing_total: int = 0
+
+    def add(
+        self,
+        pred: Detections,
+        true_boxes: torch.Tensor,
+        true_labels: torch.Tensor,
+        peaks: dict[int, tuple[float, float]],
+    ) -> None:
+        """One canvas: its detections, true boxes and labels, and the heat maximum of each true class."""
+        self.canvases += 1
+        self.digits += len(true_labels)
+        for c in true_labels.unique().tolist():
+            self.correct_classes += min(int((true_labels == c).sum()), int((pred.labels == c).sum()))
+        same = true_labels[:, None] == pred.labels[None, :]
+        iou = box_iou(true_boxes, pred.boxes) * same if len(pred.boxes) else torch.zeros(len(true_labels), 0)
+        for t in range(len(true_labels)):
+            best = int(iou[t].argmax()) if iou.shape[1] and same[t].any() else None
+            self.ious.append(float(iou[t, best]) if best is not None else 0.0)
+            if best is not None:
+                self.center_errors.append(float(torch.dist(_center(true_boxes[t]), _center(pred.boxes[best]))))
+        self.predicted += len(pred.labels)
+        self.predicted_correct += int((iou >= self.iou_threshold).any(dim=0).sum()) if iou.numel() else 0
+        for c, (x, y) in peaks.items():
+            mine = true_boxes[true_labels == c]
+            inside = (mine[:, 0] <= x) & (x < mine[:, 2]) & (mine[:, 1] <= y) & (y < mine[:, 3])
+            self.pointing_hits += int(inside.any())
+            self.pointing_total += 1
+
+    def summary(self) -> dict[str, float | int]:
+        ious = torch.tensor(self.ious)
+        return {
+            "cls_acc": self.correct_classes / max(1, self.digits),
+            "loc_acc": float((ious >= self.iou_threshold).float().mean()) if len(ious) else 0.0,
+            "mean_iou": float(ious.mean()) if len(ious) else 0.0,
+            "center_err_px": float(torch.tensor(self.center_errors).mean()) if self.center_errors else float("nan"),
+            "pointing_acc": self.pointing_hits / max(1, self.pointing_total),
+            "box_precision": self.predicted_correct / max(1, self.predicted),
+            "canvases": self.canvases,
+            "digits": self.digits,
+        }
+
+
+def _center(box: torch.Tensor) -> torch.Tensor:
+    return (box[:2] + box[2:]) / 2

@@ -1,0 +1,177 @@
+"""One interface for class maps: a method takes a batch and returns the logits and the maps of the classes asked for.
+
+A method hooks one layer of the model, chosen by name (`stem`, `stage2`, `stage3.1`, ...), for one forward pass;
+the hook is removed when the pass is done, also on error. Subclasses supply only how the kept activations (and,
+for gradient methods, their gradients) become maps: in the spirit of torch-cam's `torchcam/methods/core.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnlab.errors import BadArgument, CheckpointError
+
+CELL_CENTERS = ("middle", "field")
+
+
+@dataclass
+class ClassMaps:
+    """What a method returns for a batch of B images."""
+
+    logits: torch.Tensor  # (B, K) the model's output
+    maps: torch.Tensor  # (B, m, h, w): maps[b, j] is the map of class classes[b, j]
+    classes: torch.Tensor  # (B, m) long
+    stride: int  # input pixels per map cell (1: a map per pixel)
+
+    def full(self, num_classes: int) -> torch.Tensor:
+        """(B, K, h, w) with the computed maps at their classes and zeros elsewhere."""
+        out = self.maps.new_zeros(self.maps.shape[0], num_classes, *self.maps.shape[2:])
+        index = self.classes[:, :, None, None].expand_as(self.maps)
+        return out.scatter(1, index, self.maps)
+
+
+class ClassMapMethod:
+    """Base of every method. `layer`: a module name of the model, None for the method's default.
+
+    uses_layer: "any" (any named module), "last" (only the last convolutional maps: CAM, fully-conv) or
+    "none" (baselines). scores: the maps are class scores on the logits' scale (fully-conv), so they are
+    compared with those of an empty canvas; other maps are relevance, min-max normalized per image.
+    """
+
+    name: ClassVar[str] = ""
+    uses_layer: ClassVar[str] = "any"
+    gradients: ClassVar[bool] = False
+    scores: ClassVar[bool] = False
+
+    def __init__(self, model: nn.Module, layer: str | None = None) -> None:
+        self.model = model
+        self.fc, last = gap_classifier(model)
+        self.num_classes = self.fc.out_features
+        if self.uses_layer == "none" and layer is not None:
+            raise BadArgument("layer", layer, f"null: method {self.name} uses no layer", "null")
+        if self.uses_layer == "last" and layer not in (None, last):
+            raise BadArgument("layer", layer, f"null or {last}: {self.name} needs the maps the classifier pools", last)
+        self.layer = None if self.uses_layer == "none" else (layer or last)
+        self.module = None if self.layer is None else find_layer(model, self.layer)
+
+    def __call__(self, x: torch.Tensor, classes: torch.Tensor | None = None) -> ClassMaps:
+        """Maps of `classes` ((B, m) class indices; None: every class) for the (B, C, H, W) batch `x`."""
+        if classes is None:
+            classes = torch.arange(self.num_classes, device=x.device).expand(len(x), -1)
+        classes = classes.to(x.device).long()
+        if self.gradients:  # the layer's output needs a graph even where the weights are frozen
+            x = x.detach().requires_grad_()
+        with torch.set_grad_enabled(self.gradients):
+            with self.hooked() as kept:
+                logits = self.model(x)
+            activations = kept[0] if kept else None
+            maps = self.maps(x, logits, activations, classes)
+        stride = 1 if activations is None else round(x.shape[-1] / activations.shape[-1])
+        return ClassMaps(logits.detach(), maps.detach(), classes, stride)
+
+    def maps(
+        self, x: torch.Tensor, logits: torch.Tensor, activations: torch.Tensor | None, classes: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, m, h, w) maps of `classes` from the layer's activations (B, C, h, w); subclasses say how."""
+        raise NotImplementedError
+
+    @contextmanager
+    def hooked(self) -> Iterator[list[torch.Tensor]]:
+        """Keep the layer's output while inside; the hook is gone on exit, however the block ends."""
+        kept: list[torch.Tensor] = []
+        if self.module is None:
+            yield kept
+            return
+
+        def keep(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
+            kept.append(output)
+            # the network runs on with a copy: an in-place op further on (a ReLU(inplace=True)) cannot change
+            # the kept tensor, and gradients still reach it through the copy
+            return output.clone()
+
+        handle = self.module.register_forward_hook(keep)
+        try:
+            yield kept
+        finally:
+            handle.remove()
+
+
+def gap_classifier(model: nn.Module) -> tuple[nn.Linear, str]:
+    """The linear classifier after global average pooling and the name of the layer it pools."""
+    fc, last = getattr(model, "fc", None), getattr(model, "last_layer", None)
+    if not isinstance(fc, nn.Linear) or not isinstance(last, str):
+        raise CheckpointError(
+            f"{type(model).__name__} has no named convolutional layers followed by a linear `fc`; "
+            "localization and CAM need a convolutional network: train one with model=resnet."
+        )
+    return fc, last
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """The parts and blocks a map is usually taken at: stem, stage1, stage1.0, ..., stage3."""
+    names = list(getattr(model, "layers", ()))
+    blocks = [n for n, _ in model.named_modules() if n.count(".") == 1 and n.split(".")[0] in names]
+    return names + blocks
+
+
+def find_layer(model: nn.Module, name: str) -> nn.Module:
+    """The module called `name` (any name of model.named_modules(): `stage2`, `stage3.1`, `stage2.0.bn2`)."""
+    modules = dict(model.named_modules())
+    if not name or name not in modules:
+        shown = ", ".join(layer_names(model))
+        raise BadArgument("layer", name, f"null or a layer name: {shown} (or any submodule)", model.last_layer)
+    return modules[name]
+
+
+def class_weights(layer: nn.Linear, classes: torch.Tensor) -> torch.Tensor:
+    """(B, m, C) rows of the classifier for the classes of each image."""
+    return layer.weight[classes]
+
+
+def first_cell_center(stride: int, where: str) -> float:
+    """Pixel coordinate of the centre of cell 0 of maps with this stride.
+
+    field: the centre of its receptive field. Each stride-2 3x3 convolution (padding 1) centres output cell j
+    on input pixel 2j, so cell j sits on pixel stride*j, whose centre is stride*j + 0.5.
+    middle: the middle of the cell's stride x stride block, stride*j + stride/2 (where plain bilinear
+    upsampling puts it). Where a trained network's evidence peaks is an empirical question: measure both.
+    """
+    if where not in CELL_CENTERS:
+        raise BadArgument("cell_center", where, "middle or field", "middle")
+    return 0.5 if where == "field" else stride / 2
+
+
+def cell_centers(n: int, stride: int, where: str = "field") -> torch.Tensor:
+    """Centres of n consecutive cells in continuous pixel coordinates (pixel i spans [i, i + 1))."""
+    return stride * torch.arange(n, dtype=torch.float32) + first_cell_center(stride, where)
+
+
+def upsample_cells(maps: torch.Tensor, stride: int, size: tuple[int, int], where: str = "field") -> torch.Tensor:
+    """Bilinear upsampling of (B, K, h, w) cell maps to pixels, each cell landing on its centre.
+
+    where="middle": cell j at stride*(j + 1/2), which is what interpolate(align_corners=False) does.
+    where="field": cell j on pixel stride*j, its receptive field's centre (see first_cell_center); the few
+    pixels past the last cell repeat its value.
+    """
+    first_cell_center(stride, where)  # checks `where`
+    if where == "middle":
+        return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+    h, w = maps.shape[2:]
+    inner = (stride * (h - 1) + 1, stride * (w - 1) + 1)
+    up = F.interpolate(maps, size=inner, mode="bilinear", align_corners=True)
+    pad_h, pad_w = max(0, size[0] - inner[0]), max(0, size[1] - inner[1])
+    return F.pad(up, (0, pad_w, 0, pad_h), mode="replicate")[:, :, : size[0], : size[1]]
+
+
+def normalize_per_image(maps: torch.Tensor) -> torch.Tensor:
+    """Min-max scale each (h, w) map of (B, ..., h, w) to [0, 1], as Zhou et al. do before thresholding."""
+    flat = maps.flatten(-2)
+    low, high = flat.amin(-1, keepdim=True), flat.amax(-1, keepdim=True)
+    return ((flat - low) / (high - low).clamp(min=1e-12)).view_as(maps)
