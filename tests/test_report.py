@@ -26,6 +26,8 @@ def make_run(
     steps: int = 40,
     status: str | None = None,
     error: BaseException | None = None,
+    dataset: str = "mnist_sample",
+    extra: dict | None = None,
     **fields: object,
 ) -> Path:
     """A run dir as cnnlab leaves it: .hydra/, and metrics.json + history.jsonl when the run completed."""
@@ -39,7 +41,8 @@ def make_run(
         "shortcut": "A",
         "in_channels": "${dataset.shape.0}",  # left unresolved, as Hydra saves it
     }
-    config = {"seed": int(values.get("seed", 0)), "model": model, "dataset": {"shape": [1, 28, 28]}}
+    config = {"seed": int(values.get("seed", 0)), "model": model, "dataset": {"name": dataset, "shape": [1, 28, 28]}}
+    config.update(extra or {})  # e.g. the recipe keys the CIFAR-10 check compares
     (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     if test_acc is not None:
         metrics = {"test_acc": test_acc, "best_val_acc": test_acc + 0.01, "params": 269_434, "epochs": 2.0}
@@ -267,3 +270,183 @@ def test_curves_use_test_error_when_the_runs_recorded_it() -> None:
     assert (steps, split) == ([10], "test") and held_out == [pytest.approx(30.0)] and train == [pytest.approx(50.0)]
     without = [{"step": 10, "train_acc": 0.5, "val_acc": 0.6}]
     assert _mean_curve([run(without)])[3] == "val"
+
+
+PAPER_PRESET = Path(__file__).parents[1] / "conf" / "experiment" / "resnet_cifar10_paper.yaml"
+
+
+def paper_config(**trainer: object) -> dict:
+    """The config keys a run of experiment=resnet_cifar10_paper saves, read from the preset itself."""
+    preset = yaml.safe_load(PAPER_PRESET.read_text())
+    dataset = {"name": "cifar10", "shape": [3, 32, 32], **preset["dataset"]}
+    return {
+        **{k: preset[k] for k in ("optimizer", "scheduler")},
+        "dataset": dataset,
+        "trainer": preset["trainer"] | trainer,
+    }
+
+
+def cifar_sweep(root: Path, errors: dict[tuple[int, bool], float], **trainer: object) -> Path:
+    for num, ((depth, residual), error) in enumerate(errors.items()):
+        overrides = ["experiment=degradation_grid", f"model.depth={depth}", f"model.residual={str(residual).lower()}"]
+        make_run(root / str(num), overrides, 1 - error / 100, dataset="cifar10", extra=paper_config(**trainer))
+    return root
+
+
+def test_a_cifar10_sweep_gets_the_papers_errors_and_the_differences(tmp_path: Path) -> None:
+    errors = {(20, False): 9.5, (56, False): 14.0, (20, True): 8.5, (56, True): 7.25, (32, True): 7.75}
+    report(cifar_sweep(tmp_path, errors), figures=False)
+    results = (tmp_path / "results.md").read_text()
+    assert "| paper error | vs paper |" in results and "## cifar10" in results
+    rows = {(r[0], r[1]): r for r in table_rows(results)}
+    assert rows[("20", "residual")][9:11] == ["8.75", "-0.25"]  # He et al. Table 6
+    assert rows[("32", "residual")][9:11] == ["7.51", "+0.24"]
+    assert rows[("56", "residual")][9:11] == ["6.97", "+0.28"]
+    assert rows[("20", "plain")][9:11] == ["≈9.8", "-0.30"]  # reproductions: approximate
+    assert rows[("56", "plain")][9:11] == ["≈13.0", "+1.00"]
+    assert "differ from the paper's recipe" not in results
+    assert "Verdict: plain 56 is 4.50 points worse than plain 20; residual 56 is 1.25 points better than " in results
+
+
+def test_a_cifar10_sweep_off_the_recipe_says_how_it_differs(tmp_path: Path) -> None:
+    report(cifar_sweep(tmp_path, {(20, True): 10.0, (110, True): 9.0}, max_steps=2000), figures=False)
+    results = (tmp_path / "results.md").read_text()
+    assert "These runs differ from the paper's recipe: trainer.max_steps=2000 (paper: 64000)." in results
+    assert [r[9:11] for r in table_rows(results)] == [["8.75", "+1.25"], ["6.43", "+2.57"]]
+    assert "Verdict" not in results  # residual nets only: nothing to compare plain ones with
+
+
+def test_other_datasets_get_no_reference_column(grid: Path) -> None:
+    report(grid, figures=False)
+    results = (grid / "results.md").read_text()
+    assert "paper error" not in results and "## mnist_sample" in results
+
+
+def test_the_verdict_says_when_the_sweep_shows_the_degradation(grid: Path) -> None:
+    report(grid, figures=False)  # plain 32 worse than plain 20 by 0.30 points, residual 32 better by 0.20
+    results = (grid / "results.md").read_text()
+    assert (
+        "Verdict: plain 32 is 0.30 points worse than plain 20; residual 32 is 0.20 points better than residual 20: "
+        "the sweep shows the degradation" in results
+    )
+
+
+def test_the_verdict_says_when_it_does_not(tmp_path: Path) -> None:
+    for num, (depth, residual, acc) in enumerate(
+        [(20, False, 0.9), (56, False, 0.91), (20, True, 0.9), (56, True, 0.85)]
+    ):
+        make_run(tmp_path / str(num), [f"model.depth={depth}", f"model.residual={str(residual).lower()}"], acc)
+    report(tmp_path, figures=False)
+    results = (tmp_path / "results.md").read_text()
+    assert (
+        "Verdict: plain 56 is 1.00 points better than plain 20; residual 56 is 5.00 points worse than residual 20: "
+        "the sweep does not show the degradation" in results
+    )
+
+
+def test_verdict_needs_two_common_depths_of_both_kinds() -> None:
+    from cnnlab.report.paper import verdict
+
+    assert verdict({("plain", 20): 10.0, ("plain", 56): 12.0, ("residual", 20): 9.0}) is None
+    assert verdict({("plain", 20): 10.0, ("residual", 56): 9.0, ("plain", 56): 9.0, ("residual", 32): 8.0}) is None
+    line = verdict({("plain", 20): 10.0, ("plain", 56): 10.0, ("residual", 20): 9.0, ("residual", 56): 9.0})
+    assert line is not None and line.startswith("plain 56 is as good as plain 20; residual 56 is as good as residual")
+    assert "does not show" in line
+
+
+def test_one_seed_shows_the_value_alone_and_no_mean_and_std_title(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cnnlab.report.plots as plots
+
+    titles: list[str] = []
+    save = plots.save_figure
+
+    def recording(fig, path):  # the figure's title, read before it is saved and closed
+        titles.append(fig.get_suptitle())
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "save_figure", recording)
+    for num, (depth, residual) in enumerate([(20, False), (56, False), (20, True), (56, True)]):
+        make_run(tmp_path / str(num), [f"model.depth={depth}", f"model.residual={str(residual).lower()}"], 0.9)
+    report(tmp_path)
+    results = (tmp_path / "results.md").read_text()
+    assert "± 0.00" not in results and "±" not in "".join(r[5] for r in table_rows(results))
+    assert [r[5] for r in table_rows(results)] == ["90.00"] * 4
+    assert titles[0] == "test error vs depth, mnist_sample (one seed)" and not any("±" in t for t in titles)
+
+
+def test_seeds_counts_distinct_seeds_and_a_repeated_seed_counts_once(tmp_path: Path) -> None:
+    for num, (seed, acc) in enumerate([(0, 0.90), (0, 0.92), (1, 0.95)]):  # seed 0 ran twice (a repeated agent run)
+        make_run(tmp_path / str(num), ["model.depth=20", f"seed={seed}"], acc)
+    report(tmp_path, figures=False)
+    (row,) = table_rows((tmp_path / "results.md").read_text())
+    assert row[6] == "2"
+    assert row[5] == f"{100 * statistics.fmean([0.91, 0.95]):.2f} ± {100 * statistics.stdev([0.91, 0.95]):.2f}"
+
+
+def test_report_outputs_keeps_datasets_apart_and_drops_empty_settings(tmp_path: Path) -> None:
+    """`cnnlab report outputs`: runs of two datasets and an evaluate run under one output dir."""
+    outputs = tmp_path / "outputs"
+    runs = [
+        ("mnist_sample", ["model.depth=20"]),
+        ("mnist_sample", ["model.depth=20", "optimizer.lr=0.01"]),
+        ("fashion_mnist", ["model.depth=20", "dataset=fashion_mnist"]),
+        ("fashion_mnist", ["model.depth=56", "dataset=fashion_mnist"]),
+    ]
+    for i, (dataset, overrides) in enumerate(runs):
+        make_run(outputs / "2026-01-01" / f"12-00-0{i}", overrides, 0.9, dataset=dataset)
+    evaluate = make_run(outputs / "2026-01-02" / "09-00-00", ["task=evaluate", "checkpoint=best.pt"], 0.5)
+    config = yaml.safe_load((evaluate / ".hydra" / "config.yaml").read_text())
+    (evaluate / ".hydra" / "config.yaml").write_text(yaml.safe_dump({**config, "task": {"name": "evaluate"}}))
+    report(outputs)
+    results = (outputs / "results.md").read_text()
+    mnist, fashion = results.split("## mnist_sample")[1].split("## fashion_mnist")
+    assert [r[-1] for r in table_rows(mnist)] == ["defaults", "optimizer.lr=0.01"]
+    assert [r[0] for r in table_rows(fashion)] == ["20", "56"] and "| setting |" not in fashion
+    assert "=|" not in results.replace(" ", "") and "= " not in results and "task" not in results
+    assert "(figures/training_curves-mnist_sample.png)" in mnist
+    assert "(figures/error_vs_depth-fashion_mnist.png)" in fashion
+
+
+def test_runs_of_another_task_make_their_own_table(grid: Path) -> None:
+    from cnnlab.report.table import tables
+
+    runs = load_runs(grid)
+    runs[-1].config.task = {"name": "evaluate"}  # as a task that reports test_acc would leave it
+    titles = [(t.title, len(t.rows)) for t in tables(runs)]
+    assert titles == [("mnist_sample", 4), ("mnist_sample, task evaluate", 1)]
+
+
+def test_figures_stay_bounded_with_many_settings(tmp_path: Path) -> None:
+    from PIL import Image
+
+    lrs = [f"0.{n:02d}" for n in range(1, 13)]  # 12 settings x 2 depths x plain/residual
+    num = 0
+    for lr in lrs:
+        for depth in (20, 56):
+            for residual in ("true", "false"):
+                make_run(
+                    tmp_path / str(num),
+                    [f"model.depth={depth}", f"model.residual={residual}", f"optimizer.lr={lr}"],
+                    0.9,
+                )
+                num += 1
+    report(tmp_path)
+    pngs = sorted((tmp_path / "figures").glob("*.png"))
+    names = [p.name for p in pngs]
+    assert "error_vs_depth-2.png" in names and "training_curves-4.png" in names  # 9 and 3 settings a page
+    for png in pngs:
+        width, height = Image.open(png).size
+        assert width <= 1700 and height <= 1400, (png.name, width, height)
+    assert all(f"(figures/{name})" in (tmp_path / "results.md").read_text() for name in names)
+
+
+def test_the_results_preset_is_the_readme_grid() -> None:
+    """experiment=degradation_mnist (README, Results): depth 20/56 x plain/residual, 4 jobs."""
+    from cnnlab.sweep import hydra_grid
+
+    jobs, _ = hydra_grid(["experiment=degradation_mnist"])
+    assert sorted(sorted(job) for job in jobs) == sorted(
+        sorted([f"model.depth={d}", f"model.residual={r}"]) for d in (20, 56) for r in ("True", "False")
+    )

@@ -7,7 +7,10 @@ W&B sweep agents wrote under one output dir. Each is read with its status.json (
 - unfinished: still running, killed (no status.json, or one still saying running), or interrupted by SIGTERM
   or Ctrl-C, listed with the step it stopped at and the command that resumes it;
 - rejected (a config or data error stopped it before any work): not a run, left out entirely.
-Rows group the completed runs that differ only in their seed: test accuracy is the mean +- std over seeds.
+- not started: a job of a sweep's grid (its multirun.yaml) with no run dir: the sweep stopped before it.
+One table per dataset (and task); its rows group the completed runs that differ only in their seed: test
+accuracy is the mean +- std over distinct seeds. CIFAR-10 tables add He et al.'s errors (report.paper); a
+table with two or more depths of plain and residual nets ends with the degradation verdict.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cnnlab.errors import UserError
-from cnnlab.report.plots import error_vs_depth, training_curves
+from cnnlab.provenance import mixed_code
+from cnnlab.report.plots import draw_figures
 from cnnlab.report.runs import Run, load_runs
-from cnnlab.report.table import group_rows, markdown, print_table
+from cnnlab.report.search import write_search
+from cnnlab.report.table import markdown, print_table, tables
 
 __all__ = ["Run", "load_runs", "main", "report"]
 
@@ -32,18 +37,24 @@ def report(root: Path, figures: bool = True) -> list[Run]:
     runs = load_runs(root)
     if not runs:
         raise UserError(f"no runs under {root}: a run dir holds .hydra/overrides.yaml (pass the sweep dir)")
-    rows, setting_keys = group_rows(runs)
-    written: list[Path] = []
-    if figures and rows:
-        for draw, name in ((error_vs_depth, "error_vs_depth.png"), (training_curves, "training_curves.png")):
-            path = draw(rows, root / "figures" / name)
-            if path is not None:
-                written.append(path)
-    (root / "results.md").write_text(markdown(root, runs, rows, setting_keys, written))
-    print_table(root, rows, setting_keys)
+    groups = tables(runs)  # one per dataset (and task)
+    if figures:
+        for table in groups:
+            table.figures = draw_figures(table, root / "figures", suffix=f"-{table.slug}" if len(groups) > 1 else "")
+    written = [path for table in groups for path in table.figures]
+    text = markdown(root, runs, groups)
+    warning = mixed_code([run.metrics.get("provenance") for run in runs if run.metrics is not None])
+    if warning:  # the table compares runs of different code: say so under its title
+        title, _, rest = text.partition("\n")
+        text = f"{title}\n\n> warning: {warning}\n{rest}"
+    (root / "results.md").write_text(text)
+    print_table(root, groups)
+    written += write_search(root, runs, figures)  # an Optuna search: its trials, best command, figure
     for run in runs:
         if run.status != "completed":
             print(f"{run.status}: {run.dir.relative_to(root)} ({' '.join(run.overrides)}) {run.reason or ''}")
+    if warning:
+        print(f"warning: {warning}")
     print(f"wrote {root / 'results.md'}" + "".join(f", {p}" for p in written))
     return runs
 
