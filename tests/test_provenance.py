@@ -167,14 +167,25 @@ def test_report_warns_when_its_runs_come_from_different_code(tmp_path: Path, cap
     made_run(tmp_path / "0", 0, record())
     made_run(tmp_path / "1", 1, record("b" * 40))
     report(tmp_path, figures=False)
-    out = capsys.readouterr().out
-    assert "warning: the 2 runs come from different code" in out and "bbbbbbbb (1 run)" in out
-    lines = (tmp_path / "results.md").read_text().splitlines()
-    assert lines[0].startswith("# Results") and lines[2].startswith("> warning: the 2 runs come from different")
+    out = " ".join(capsys.readouterr().out.split())  # the terminal wraps notes
+    assert "Warning: the 2 runs come from different code" in out and "bbbbbbbb (1 run)" in out
+    text = (tmp_path / "results.md").read_text()
+    table, note = text.index("| depth |"), text.index("Warning: the 2 runs come from different code")
+    assert table < note  # under the table whose rows it concerns
 
 
 def test_report_is_quiet_when_its_runs_ran_the_same_code(tmp_path: Path, capsys) -> None:
     made_run(tmp_path / "0", 0, record())
     made_run(tmp_path / "1", 1, record(host="elsewhere"))
     report(tmp_path, figures=False)
-    assert "warning" not in capsys.readouterr().out and "warning" not in (tmp_path / "results.md").read_text()
+    assert "Warning" not in capsys.readouterr().out and "Warning" not in (tmp_path / "results.md").read_text()
+
+
+def test_report_shows_the_precision_when_auto_resolved_differently(tmp_path: Path, capsys) -> None:
+    for job, seed, precision in (("0", 0, "bf16"), ("1", 0, "32")):  # one command, two machines
+        made_run(tmp_path / job, seed, record())
+        metrics = json.loads((tmp_path / job / "metrics.json").read_text())
+        (tmp_path / job / "metrics.json").write_text(json.dumps({**metrics, "precision": precision}))
+    report(tmp_path, figures=False)
+    text = (tmp_path / "results.md").read_text()
+    assert "| setting |" in text and "precision=bf16 |" in text and "precision=32 |" in text  # two rows

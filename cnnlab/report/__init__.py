@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cnnlab.errors import UserError
-from cnnlab.provenance import mixed_code
 from cnnlab.report.plots import draw_figures
 from cnnlab.report.runs import Run, load_runs
 from cnnlab.report.search import write_search
@@ -42,19 +41,12 @@ def report(root: Path, figures: bool = True) -> list[Run]:
         for table in groups:
             table.figures = draw_figures(table, root / "figures", suffix=f"-{table.slug}" if len(groups) > 1 else "")
     written = [path for table in groups for path in table.figures]
-    text = markdown(root, runs, groups)
-    warning = mixed_code([run.metrics.get("provenance") for run in runs if run.metrics is not None])
-    if warning:  # the table compares runs of different code: say so under its title
-        title, _, rest = text.partition("\n")
-        text = f"{title}\n\n> warning: {warning}\n{rest}"
-    (root / "results.md").write_text(text)
+    (root / "results.md").write_text(markdown(root, runs, groups))  # a table of runs of mixed code says so
     print_table(root, groups)
     written += write_search(root, runs, figures)  # an Optuna search: its trials, best command, figure
     for run in runs:
         if run.status != "completed":
             print(f"{run.status}: {run.dir.relative_to(root)} ({' '.join(run.overrides)}) {run.reason or ''}")
-    if warning:
-        print(f"warning: {warning}")
     print(f"wrote {root / 'results.md'}" + "".join(f", {p}" for p in written))
     return runs
 

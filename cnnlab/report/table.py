@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab.config import defines_result
+from cnnlab.provenance import mixed_code
 from cnnlab.report import paper
 from cnnlab.report.runs import Run
 
@@ -107,7 +108,8 @@ def tables(runs: Sequence[Run]) -> list[Table]:
 
 
 def _notes(table: Table, runs: Sequence[Run]) -> list[str]:
-    notes = []
+    code = mixed_code([run.metrics.get("provenance") for run in runs if run.metrics is not None])
+    notes = [f"Warning: {code}"] if code else []  # the rows compare runs of different code
     if table.reference:
         notes.append(
             "paper error: test error (%) of He et al. 2016, Table 6 (residual); ≈: published reproductions "
@@ -158,14 +160,23 @@ def group_rows(runs: Sequence[Run]) -> tuple[list[Row], list[str]]:
     """Completed runs grouped by setting (everything but the seed), plain before residual, then by depth."""
     done = [r for r in runs if r.status == "completed"]
     setting_keys = varying_overrides(done)
+    if len({run.metrics.get("precision") for run in done}) > 1 and "trainer.precision" not in setting_keys:  # type: ignore[union-attr]
+        setting_keys.append("precision")  # trainer.precision=auto ran bf16 on some machines and 32 on others
     groups: dict[tuple[Any, ...], list[Run]] = {}
     for run in done:
-        setting = tuple(_split(run.overrides).get(k, "") for k in setting_keys)
+        setting = tuple(_setting_value(run, k) for k in setting_keys)
         key = (*(run.get(k) for k in MODEL_COLUMNS), *setting)
         groups.setdefault(key, []).append(run)
     rows = [Row(key, sorted(rs, key=lambda r: r.get("seed") or 0)) for key, rs in groups.items()]
     rows.sort(key=lambda row: (bool(row.key[1]), str(row.key[2]), row.key[0] or 0, *map(str, row.key[3:])))
     return rows, setting_keys
+
+
+def _setting_value(run: Run, key: str) -> str:
+    """The value a run set for a setting key ("" when it left it at its default); precision: what ran."""
+    if key == "precision":
+        return str(run.metrics.get("precision", ""))  # type: ignore[union-attr]
+    return _split(run.overrides).get(key, "")
 
 
 def _setting(setting_keys: Sequence[str], values: Sequence[Any]) -> list[str]:
