@@ -304,6 +304,11 @@ class LocalizeConfig:
     figure_count: int = rule(16, *POSITIVE)
     method: str = rule("fully-conv", METHOD_ALLOWED, _method_ok)
     layer: Optional[str] = rule(None, LAYER_ALLOWED, _layer_ok, "stage3")
+    faithfulness: bool = True  # deletion/insertion AUC, Average Drop, Increase in Confidence (vision.faithfulness)
+    faithfulness_count: int = rule(32, *POSITIVE)  # the first images scored: each costs 2 (steps + 1) passes
+    faithfulness_steps: int = rule(8, *POSITIVE)
+    sanity: bool = True  # model-randomization check (vision.sanity)
+    sanity_count: int = rule(8, *POSITIVE)  # images whose maps are compared
 
 
 @dataclass

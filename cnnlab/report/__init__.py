@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cnnlab.errors import UserError
+from cnnlab.report.canvas import report_canvas
 from cnnlab.report.plots import draw_figures
 from cnnlab.report.runs import Run, load_runs
 from cnnlab.report.search import write_search
@@ -34,6 +35,8 @@ def report(root: Path, figures: bool = True) -> list[Run]:
     if not root.is_dir():
         raise UserError(f"{root} is not a directory: pass the sweep dir, e.g. outputs/multirun/<date>/<time>")
     runs = load_runs(root)
+    if not runs and report_canvas(root, figures):  # only localize and cam runs: their table (report.canvas)
+        return runs
     if not runs:
         raise UserError(f"no runs under {root}: a run dir holds .hydra/overrides.yaml (pass the sweep dir)")
     groups = tables(runs)  # one per dataset (and task)
@@ -48,6 +51,7 @@ def report(root: Path, figures: bool = True) -> list[Run]:
         if run.status != "completed":
             print(f"{run.status}: {run.dir.relative_to(root)} ({' '.join(run.overrides)}) {run.reason or ''}")
     print(f"wrote {root / 'results.md'}" + "".join(f", {p}" for p in written))
+    report_canvas(root, figures, append=True)  # localize and cam runs, after the classify tables
     return runs
 
 

@@ -3,6 +3,8 @@
 `task.method` picks the map (cnnlab's methods, baselines, pgc:<Name>), `task.layer` the layer by name. On canvases
 (MNIST family) the class is a pooling of the fully-convolutional score maps, the maps become boxes and metrics
 (cnnlab.vision.canvas_eval); with task.source=test, any dataset (CIFAR-10 included): overlays on test images.
+Either source adds faithfulness (task.faithfulness: deletion/insertion AUC, Average Drop, Increase in Confidence)
+and the model-randomization sanity check (task.sanity), for every method, baselines and pgc: included.
 task=localize is the same with the fully-convolutional score maps and its own defaults (conf/task/localize.yaml).
 """
 
@@ -21,8 +23,12 @@ from cnnlab.tasks.context import Context, TaskResult
 from cnnlab.tasks.parts import canvases_for, class_map_method, load_data, restore_model, trained_dataset
 from cnnlab.tasks.publish import run_name, settings
 from cnnlab.vision.canvas_eval import BoxRule, Evaluation, batches, evaluate_canvases, evaluate_images
+from cnnlab.vision.faithfulness import KEYS as FAITHFUL_KEYS
+from cnnlab.vision.sanity import cascade
 
 METRIC_KEYS = list(CANVAS_METRICS)
+MAPS_FILE = "maps.pt"  # the first canvases' maps and boxes, for `cnnlab report`'s figure of every method
+MAPS_SAVED = 8
 
 
 def run(ctx: Context) -> TaskResult:
@@ -42,13 +48,20 @@ def run(ctx: Context) -> TaskResult:
     else:
         data = load_data(dataset)
         images, names = data.test_x, dataset.get("classes")
-        result = evaluate_images(method, data.test_y, batches(images, *stats, int(task.batch_size)), rule, shown, names)
+        blank = next(batches(torch.zeros_like(images[:1]), *stats, 1))
+        batched = batches(images, *stats, int(task.batch_size))
+        result = evaluate_images(method, data.test_y, batched, rule, shown, names, blank[0, :, :1, :1])
+    if task.get("sanity", False):  # the same method on copies of the model, re-initialized top-down
+        sample = next(batches(images[: int(task.sanity_count)], *stats, int(task.sanity_count)))
+        result.metrics.update(cascade(lambda m: class_map_method(m, task), model, sample, int(cfg.seed)))
     name = run_name(saved.model, saved.seed)
     where = f"{task.canvas.count} canvases" if on_canvas else f"{dataset.name} test"
     path = figure(task, result, images[:shown], canvases if on_canvas else None, dataset, ctx, name)
+    save_maps(ctx.run_dir / MAPS_FILE, images, result, canvases if on_canvas else None)
     metrics = {**result.metrics, **settings(cfg, saved)}
     monitor = task.monitor or ("loc_acc" if on_canvas else "cls_acc")
-    table = METRIC_KEYS if on_canvas else ["cls_acc", "images"]
+    table = [*METRIC_KEYS] if on_canvas else ["cls_acc", "images"]
+    table += [k for k in (*FAITHFUL_KEYS, "sanity_rank_corr", "sanity_pass") if k in metrics]
     title = f"{task.name} {task.method} {name} on {where}"
     return TaskResult(metrics, title, table, monitor, figures={f"figures/{task.name}": path})
 
@@ -59,7 +72,11 @@ def box_rule(task: DictConfig, classes: int) -> BoxRule:
     if index is not None and not (isinstance(index, int) and 0 <= index < classes):
         raise ConfigError("task.class_index", index, f"null (predicted) or 0..{classes - 1}", "task.class_index=null")
     keys = ("threshold", "pooling", "window", "topk", "cell_center", "iou")
-    return BoxRule(digits=int(task.canvas.digits), class_index=index, **{k: task[k] for k in keys})
+    faithful = int(task.faithfulness_count) if task.get("faithfulness", False) else 0
+    steps = int(task.get("faithfulness_steps", 16))
+    return BoxRule(
+        digits=int(task.canvas.digits), class_index=index, faithful=faithful, steps=steps, **{k: task[k] for k in keys}
+    )
 
 
 def figure(
@@ -86,3 +103,15 @@ def figure(
         captions=result.captions or None,
         class_names=dataset.get("classes"),
     )
+
+
+def save_maps(path: Path, images: torch.Tensor, result: Evaluation, truth: Canvases | None) -> None:
+    """The first images (uint8), their maps (float16) and boxes: small, so a report can put methods side by side."""
+    n = min(MAPS_SAVED, len(result.overlays))
+    saved = {
+        "images": images[:n].clone(),
+        "overlays": torch.stack(result.overlays[:n]).half() if n else torch.zeros(0),
+        "found": [(d.boxes, d.labels) for d in result.found[:n]],
+        "truth": [(truth.boxes[i], truth.labels[i]) for i in range(n)] if truth is not None else None,
+    }
+    torch.save(saved, path)

@@ -5,6 +5,9 @@ baselines included); the method's maps of the chosen and the true classes become
 (fully-conv) are taken relative to those of an empty canvas and boxed at cell resolution, each class's components
 ranked by peak; relevance maps (every other method) are upsampled to pixels, min-max normalized per image and
 boxed by their largest components (Zhou et al.). On test images: the model's class, its map, cls_acc.
+Both score the first `rule.faithful` images' maps of the explained class for faithfulness (vision.faithfulness):
+on canvases the class probability is the softmax of the pooled score maps (the canvas's class), on test images
+of the logits.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from cnnlab.data.canvas import Canvases
 from cnnlab.data.loader import DeviceLoader
 from cnnlab.results import class_name
 from cnnlab.vision.boxes import Detections, detect, peak_point, pool_scores
+from cnnlab.vision.faithfulness import Faithfulness, Scorer
 from cnnlab.vision.maps import ClassMapMethod, ClassMaps, first_cell_center, normalize_per_image, upsample_cells
 from cnnlab.vision.methods import FullyConv
 
@@ -37,6 +41,8 @@ class BoxRule:
     cell_center: str = "middle"
     iou: float = 0.5  # a box is correct at IoU >= this with a true box of its class
     class_index: int | None = None  # explain this class on every image; None: the predicted one
+    faithful: int = 0  # the first images scored for faithfulness (deletion, insertion, drop); 0: none
+    steps: int = 16  # deletion and insertion steps
 
 
 @dataclass
@@ -76,6 +82,7 @@ def evaluate_canvases(
     """Boxes and metrics of `method` on the canvases (given again as normalized batches); `blank`: one normalized
     empty canvas."""
     scorer = method if isinstance(method, FullyConv) else FullyConv(method.model)
+    faith = Faithfulness(rule.steps)
     blank_maps = scorer(blank).maps.float() if method.scores else None
     size, scores, out, start = tuple(canvases.images.shape[2:]), Scores(rule.iou), Evaluation({}), 0
     for x in batched:
@@ -95,9 +102,18 @@ def evaluate_canvases(
                 out.found.append(pred)
         first = max(0, min(len(x), shown - start))
         out.overlays += list(overlay(heat[:first], pooled[:first].argmax(1), stride, size, rule.cell_center))
+        if start < rule.faithful:  # the maps of the explained class, at pixels in [0, 1]
+            n = min(len(x), rule.faithful - start)
+            chosen = overlay(heat[:n], wanted[:n, 0], stride, size, rule.cell_center).to(x.device)
+            faith.add(canvas_scorer(scorer, rule), x[:n], chosen, wanted[:n, 0].to(x.device), blank[0, :, :1, :1])
         start += len(x)
-    out.metrics = {**scores.summary(), "stride": maps.stride}
+    out.metrics = {**scores.summary(), **faith.summary(), "stride": maps.stride}
     return out
+
+
+def canvas_scorer(scorer: FullyConv, rule: BoxRule) -> Scorer:
+    """Class probabilities of canvases: the softmax of the pooled score maps, as the canvas's class is chosen."""
+    return lambda x: pool_scores(scorer(x).maps, rule.pooling, rule.window, rule.topk).float().softmax(1)
 
 
 def overlay(heat: Tensor, classes: Tensor, stride: int, size: tuple[int, int], where: str) -> Tensor:
@@ -109,10 +125,17 @@ def overlay(heat: Tensor, classes: Tensor, stride: int, size: tuple[int, int], w
 
 
 def evaluate_images(
-    method: ClassMapMethod, labels: Tensor, batched: Iterable[Tensor], rule: BoxRule, shown: int, names: Sequence | None
+    method: ClassMapMethod,
+    labels: Tensor,
+    batched: Iterable[Tensor],
+    rule: BoxRule,
+    shown: int,
+    names: Sequence | None,
+    black: Tensor | None = None,
 ) -> Evaluation:
-    """The model's class on test images (any dataset), and the map of the class explained, without boxes."""
-    out, correct, start = Evaluation({}), 0, 0
+    """The model's class on test images (any dataset), and the map of the class explained, without boxes;
+    `black`: the (C, 1, 1) normalized black pixel, what deletion puts in (needed when rule.faithful > 0)."""
+    out, correct, start, faith = Evaluation({}), 0, 0, Faithfulness(rule.steps)
     for x in batched:
         with torch.no_grad():
             predicted = method.model(x).float().cpu()
@@ -128,8 +151,13 @@ def evaluate_images(
             f"pred {class_name(int(p), names)} / true {class_name(int(t), names)}"
             for p, t in zip(predicted[:first].argmax(1), truth[:first], strict=True)
         ]
+        if start < rule.faithful and black is not None:
+            n = min(len(x), rule.faithful - start)
+            faith.add(
+                lambda v: method.model(v).float().softmax(1), x[:n], heat[:n, 0], wanted[:n, 0].to(x.device), black
+            )
         start += len(x)
-    out.metrics = {"cls_acc": correct / max(1, start), "images": start}
+    out.metrics = {"cls_acc": correct / max(1, start), "images": start, **faith.summary()}
     return out
 
 

@@ -1,0 +1,87 @@
+"""`cnnlab report` on localize and cam runs: one table method x canvas kind x metric, sanity flags, one figure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from cnnlab.report.canvas import canvas_kind, load_canvas_runs, report_canvas, write_canvas
+from tests.conftest import run_app
+from tests.test_localize import mnist_checkpoint  # noqa: F401 (fixture)
+
+
+def fake_run(path: Path, method: str, digits: int = 1, clutter: int = 0, **metrics: object) -> Path:
+    (path / ".hydra").mkdir(parents=True)
+    task = {"name": "cam", "method": method, "layer": None, "canvas": {"digits": digits, "clutter": clutter}}
+    OmegaConf.save(OmegaConf.create({"task": task, "seed": 0}), path / ".hydra" / "config.yaml")
+    (path / ".hydra" / "overrides.yaml").write_text(f"- task=cam\n- task.method={method}\n")
+    base = {"status": "completed", "cls_acc": 0.9, "loc_acc": 0.8, "deletion_auc": 0.1, "sanity_rank_corr": 0.1}
+    (path / "metrics.json").write_text(json.dumps({**base, "sanity_pass": True, **metrics}))
+    return path
+
+
+def test_canvas_kinds_are_named_from_the_canvas_settings():
+    def kind(**task: object) -> str:
+        return canvas_kind(OmegaConf.create({"task": task, "dataset": {"name": "cifar10"}}))
+
+    assert kind(canvas={"digits": 1, "clutter": 0}) == "single"
+    assert kind(canvas={"digits": 1, "clutter": 8}) == "cluttered"
+    assert kind(canvas={"digits": 3, "clutter": 0}) == "3 digits"
+    assert kind(canvas={"digits": 3, "clutter": 4}) == "3 digits cluttered"
+    assert kind(source="test", canvas={"digits": 1}) == "cifar10 test"
+
+
+def test_the_table_has_every_method_and_kind_and_flags_failed_sanity(tmp_path):
+    fake_run(tmp_path / "0", "grad-cam", loc_acc=0.82)
+    fake_run(tmp_path / "1", "ink", sanity_rank_corr=1.0, sanity_pass=False)
+    fake_run(tmp_path / "2", "grad-cam", clutter=8, loc_acc=0.75)
+    fake_run(tmp_path / "3", "cam", digits=3)
+    (tmp_path / "4" / ".hydra").mkdir(parents=True)  # a classify run: not this section's
+    OmegaConf.save(OmegaConf.create({"task": {"name": "classify"}}), tmp_path / "4" / ".hydra" / "config.yaml")
+    (tmp_path / "4" / "metrics.json").write_text(json.dumps({"status": "completed", "test_acc": 0.9, "cls_acc": 1}))
+    assert len(load_canvas_runs(tmp_path)) == 4
+    text, paths = write_canvas(tmp_path)
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "method" not in line]
+    assert [row.split(" | ")[:2] for row in rows] == [
+        ["| single", "grad-cam"],
+        ["| single", "ink"],
+        ["| cluttered", "grad-cam"],
+        ["| 3 digits", "cam"],
+    ]
+    assert "0.820" in rows[0] and "0.750" in rows[2] and "del_auc" in text
+    assert "**1.000 fails**" in rows[1] and "> sanity: ink:" in text and "grad-cam" not in text.split("> sanity")[1]
+    assert paths == []  # fake runs saved no maps: no figure
+
+
+def test_report_with_canvas_runs_only_writes_results_md(tmp_path):
+    fake_run(tmp_path / "0", "center", sanity_rank_corr=1.0, sanity_pass=False)
+    assert report_canvas(tmp_path, figures_on=False)
+    assert "| single | center |" in (tmp_path / "results.md").read_text()
+    assert not report_canvas(tmp_path / "0" / ".hydra")  # no runs there
+
+
+@pytest.mark.slow
+def test_two_real_cam_runs_make_one_table_and_one_figure(tmp_path, mnist_checkpoint):  # noqa: F811
+    small = ["task.canvas.count=4", "task.canvas.size=64", "task.figure_count=3", "task.faithfulness_count=2"]
+    for i, method in enumerate(["grad-cam", "ink"]):
+        run_app(tmp_path / str(i), "task=cam", f"checkpoint={mnist_checkpoint}", f"task.method={method}", *small)
+    text, paths = write_canvas(tmp_path)
+    assert "| single | grad-cam |" in text and "| single | ink |" in text and "> sanity: ink" in text
+    assert [p.name for p in paths] == ["canvas-single.png"] and paths[0].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cnnlab_report_reads_localize_and_cam_runs(tmp_path, capsys):
+    from cnnlab.report import report
+
+    fake_run(tmp_path / "0", "grad-cam")
+    fake_run(tmp_path / "1", "ink", sanity_rank_corr=1.0, sanity_pass=False)
+    assert report(tmp_path, figures=False) == []  # no classify runs
+    text = (tmp_path / "results.md").read_text()
+    assert (
+        "| single | grad-cam |" in text
+        and "> sanity: ink" in text
+        and "| single | grad-cam |" in capsys.readouterr().out
+    )
