@@ -1,1 +1,1 @@
-"""Data: readers for the standard on-disk formats, and the in-memory device-resident loader."""
+"""Data: readers (sources) and writers (formats) of the standard on-disk formats, and the device-resident loader."""
