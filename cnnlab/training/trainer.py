@@ -167,9 +167,10 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         preds = []
+        shape = min(loader.batch_size, loader.num_samples)  # a split smaller than a batch is never padded up
         for xb, yb in loader.batches():
             with self.autocast():
-                logits = model(xb) if forward is None else forward(padded(xb, loader.batch_size))[: len(yb)]
+                logits = model(xb) if forward is None else forward(padded(xb, shape))[: len(yb)]
             loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum")
             pred = logits.argmax(1)
             correct += (pred == yb).sum()
