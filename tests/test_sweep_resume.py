@@ -19,19 +19,11 @@ from cnnlab.callbacks import print_summary, read_status, write_status
 from cnnlab.errors import UserError
 from cnnlab.report import load_runs, report
 from tests.conftest import ROOT, cli, run_app
+from tests.test_resume import RUN as SINGLE_RUN
 from tests.test_resume import assert_same_run
 
-# 7000 train images / 256 = 28 steps, one epoch; last.pt every 10 steps; dropout draws from the torch RNG
-RUN = [
-    "logger=none",
-    "runtime.threads=1",
-    "runtime.figures=false",
-    "model.hidden=[16]",
-    "model.dropout=0.1",
-    "trainer.batch_size=256",
-    "trainer.epochs=1",
-    "runtime.checkpoint_every=10",
-]
+# test_resume's run for one epoch: 28 steps, last.pt every 10 steps; dropout draws from the torch RNG
+RUN = [o for o in SINGLE_RUN if not o.startswith(("trainer.epochs=", "runtime.log_every="))] + ["trainer.epochs=1"]
 GRID = ["seed=0,1", "optimizer.lr=0.1,0.05"]  # jobs 0..3: (0, 0.1), (0, 0.05), (1, 0.1), (1, 0.05)
 JOBS = [[f"seed={s}", f"optimizer.lr={lr}"] for s in (0, 1) for lr in (0.1, 0.05)]
 
