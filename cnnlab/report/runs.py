@@ -34,6 +34,11 @@ class Run:
             return "not started"
         return "completed" if self.metrics is not None else "failed" if self.error else "unfinished"
 
+    @property
+    def overridden(self) -> dict[str, str]:
+        """What the run's overrides set, key -> value as typed ("+key=" and "~key=" as key)."""
+        return dict(o.lstrip("+~").split("=", 1) for o in self.overrides if "=" in o)
+
     def get(self, key: str) -> Any:
         """A config value by dotted key, e.g. model.depth; None when the config has no such key."""
         return OmegaConf.select(self.config, key, default=None, throw_on_resolution_failure=False)

@@ -29,7 +29,7 @@ class Trial:
     value: float | None  # the monitored value; None when the trial failed or has not finished
 
     def setting(self, key: str) -> str:
-        return next((o.split("=", 1)[1] for o in self.run.overrides if o.split("=", 1)[0] == key), "")
+        return self.run.overridden.get(key, "")
 
 
 @dataclass

@@ -96,7 +96,7 @@ def tables(runs: Sequence[Run]) -> list[Table]:
     groups: dict[tuple[str, str], list[Run]] = {}
     for run in runs:
         if run.status == "completed":
-            dataset = run.get("dataset.name") or _split(run.overrides).get("dataset") or "dataset not recorded"
+            dataset = run.get("dataset.name") or run.overridden.get("dataset") or "dataset not recorded"
             groups.setdefault((str(dataset), str(run.get("task.name") or "classify")), []).append(run)
     result = []
     for (dataset, task), group in groups.items():
@@ -146,14 +146,10 @@ def varying_overrides(runs: Sequence[Run]) -> list[str]:
     """Override keys (other than seed, dataset, task and the model columns) whose value differs between runs."""
     values: dict[str, set[str]] = {}
     for run in runs:
-        for key, value in _split(run.overrides).items():
+        for key, value in run.overridden.items():
             values.setdefault(key, set()).add(value)
     keys = [k for k in values if k not in NOT_A_SETTING and defines_result(k) and not k.startswith(LAUNCH)]
-    return [k for k in keys if len(values[k]) > 1 or any(k not in _split(r.overrides) for r in runs)]
-
-
-def _split(overrides: Sequence[str]) -> dict[str, str]:
-    return dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)
+    return [k for k in keys if len(values[k]) > 1 or any(k not in r.overridden for r in runs)]
 
 
 def group_rows(runs: Sequence[Run]) -> tuple[list[Row], list[str]]:
@@ -176,7 +172,7 @@ def _setting_value(run: Run, key: str) -> str:
     """The value a run set for a setting key ("" when it left it at its default); precision: what ran."""
     if key == "precision":
         return str(run.metrics.get("precision", ""))  # type: ignore[union-attr]
-    return _split(run.overrides).get(key, "")
+    return run.overridden.get(key, "")
 
 
 def _setting(setting_keys: Sequence[str], values: Sequence[Any]) -> list[str]:
