@@ -102,6 +102,19 @@ class DatasetConfig:
     std: List[float] = rule([0.5], "positive numbers", lambda v: all(s > 0 for s in v))
     val_size: int = rule(1000, "a positive number of training images to hold out", lambda v: v > 0)
     augment: Optional[AugmentConfig] = None
+    # > 0: an extra class, background (the last index), of this many patches per training image: OverFeat's
+    # background class, which lets a classifier made fully convolutional tell a digit from ink and empty canvas
+    background: float = rule(0.0, "0 (no background class) or a positive fraction such as 0.25", lambda v: v >= 0)
+
+    @staticmethod
+    def cross_checks(node: DictConfig) -> Iterator[ConfigError]:
+        if node.get("background", 0) and node.name not in ("mnist_sample", "mnist", "fashion_mnist"):
+            yield ConfigError(
+                "dataset.background",
+                node.background,
+                "0 for this dataset: the background class is made of canvas patches, for the MNIST family",
+                "dataset.background=0",
+            )
 
 
 # ---------------------------------------------------------------- optimizer
@@ -298,7 +311,11 @@ class LocalizeConfig:
     cell_center: str = rule("middle", *one_of("middle", "field"))
     window: int = rule(5, *POSITIVE)
     topk: int = rule(16, *POSITIVE)
-    threshold: float = rule(0.3, *FRACTION)
+    threshold: Optional[float] = rule(  # box = components above this fraction of the map's maximum
+        None,
+        "null (the method's own: 0.3 for the fully-conv score maps, 0.5 for the others) or a fraction in (0, 1]",
+        lambda v: v is None or 0 < v <= 1,
+    )
     iou: float = rule(0.5, *FRACTION)
     batch_size: int = rule(50, *POSITIVE)
     figure_count: int = rule(16, *POSITIVE)
@@ -315,7 +332,6 @@ class LocalizeConfig:
 class CamConfig(LocalizeConfig):
     name: str = "cam"
     monitor: Optional[str] = None  # null: loc_acc on canvases, cls_acc with source=test
-    threshold: float = rule(0.5, *FRACTION)
     source: str = rule("canvas", *one_of("canvas", "test"))
     method: str = rule("cam", METHOD_ALLOWED, _method_ok)
     class_index: Optional[int] = rule(
@@ -397,6 +413,11 @@ def paper_warmup(depth: int) -> int:
     return 400 if int(depth) >= 110 else 0
 
 
+def outputs(num_classes: int, background: float) -> int:
+    """The model's outputs: the dataset's classes, plus one for the background class when there is one."""
+    return int(num_classes) + (1 if float(background) > 0 else 0)
+
+
 def register() -> None:
     """Store every schema as schema_<group>_<option> and the root as config_schema; register our resolvers.
 
@@ -405,6 +426,8 @@ def register() -> None:
 
     if not OmegaConf.has_resolver("cnnlab.paper_warmup"):
         OmegaConf.register_new_resolver("cnnlab.paper_warmup", paper_warmup)
+    if not OmegaConf.has_resolver("cnnlab.outputs"):
+        OmegaConf.register_new_resolver("cnnlab.outputs", outputs)
     store = ConfigStore.instance()
     store.store(name="config_schema", node=Config)
     for group, options in SCHEMAS.items():

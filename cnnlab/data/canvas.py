@@ -109,3 +109,46 @@ def _fragment(images: torch.Tensor, side: int, g: torch.Generator) -> torch.Tens
         if piece.float().mean() > 0.1 * 255 * min(1.0, 64 / side**2):  # not an almost empty corner
             return piece
     return piece
+
+
+# ---------------------------------------------------------------- the background class
+BACKGROUND_MARGIN = 14  # a digit whose centre is this far from a patch's centre (half a patch) is not whole in it
+BACKGROUND_REACH = 24  # ... and at most this far, so part of its ink shows (MNIST ink is ~20 px across)
+
+
+def background_patches(
+    images: torch.Tensor, count: int, fragment: int = 8, seed: int = 0, most_fragments: int = 4
+) -> torch.Tensor:
+    """`count` digit-sized (C, h, w) uint8 patches of canvas that hold no whole digit: OverFeat's background
+    class for a sliding-window classifier. A quarter are empty, the others hold up to `most_fragments`
+    fragments of digits and, in half of them, the edge of a neighbouring digit whose centre lies between
+    BACKGROUND_MARGIN and BACKGROUND_REACH pixels away (what the window sees between digits on a canvas)."""
+    _, channels, height, width = images.shape
+    g = torch.Generator().manual_seed(seed)
+    out = torch.zeros(count, channels, height, width, dtype=torch.uint8)
+    for n in range(count):
+        kind = int(torch.randint(0, 4, (1,), generator=g))
+        if kind == 0:
+            continue  # empty: the black of a canvas
+        for _ in range(int(torch.randint(1, most_fragments + 1, (1,), generator=g))):
+            y, x = torch.randint(-fragment // 2, height - fragment // 2 + 1, (2,), generator=g).tolist()
+            _paste(out[n], _fragment(images, fragment, g), y, x)
+        if kind >= 2:  # a neighbour's edge: offset >= margin along one axis, anything along the other
+            far = int(torch.randint(BACKGROUND_MARGIN, BACKGROUND_REACH + 1, (1,), generator=g))
+            near = int(torch.randint(-BACKGROUND_REACH, BACKGROUND_REACH + 1, (1,), generator=g))
+            sign = 1 if torch.rand(1, generator=g) < 0.5 else -1
+            dy, dx = (sign * far, near) if torch.rand(1, generator=g) < 0.5 else (near, sign * far)
+            digit = images[torch.randint(0, len(images), (1,), generator=g).item()]
+            _paste(out[n], digit, dy, dx)
+    return out
+
+
+def _paste(canvas: torch.Tensor, piece: torch.Tensor, y: int, x: int) -> None:
+    """Paste `piece` (C, h, w) with its top-left corner at (y, x) by maximum, clipped at the canvas's edges."""
+    _, h, w = piece.shape
+    _, height, width = canvas.shape
+    top, left, bottom, right = max(0, y), max(0, x), min(height, y + h), min(width, x + w)
+    if top >= bottom or left >= right:
+        return
+    region = canvas[:, top:bottom, left:right]
+    torch.maximum(region, piece[:, top - y : bottom - y, left - x : right - x], out=region)

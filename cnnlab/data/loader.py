@@ -45,6 +45,7 @@ class DeviceLoader:
         seed: int = 0,
         channels_last: bool = False,
         drop_last: bool = False,
+        uncropped: torch.Tensor | None = None,
     ) -> None:
         if batch_size <= 0:
             raise BadArgument("batch_size", batch_size, "a positive integer", 128)
@@ -55,6 +56,8 @@ class DeviceLoader:
         self.y = y.to(device, non_blocking=True)
         self.batch_size, self.shuffle, self.pad, self.flip, self.seed = batch_size, shuffle, pad, flip, seed
         self.drop_last = drop_last  # one batch shape (torch.compile); the epoch's permutation is unchanged
+        # samples pad-and-crop leaves in place (background patches: a shift could bring a cut digit into view)
+        self.uncropped = None if uncropped is None else uncropped.to(device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         # Normalize uint8 pixels directly: (x - 255 mean) / (255 std).
         self.scale = (1.0 / (255.0 * torch.tensor(std, device=device))).view(1, -1, 1, 1)
@@ -76,6 +79,8 @@ class DeviceLoader:
             order = torch.randperm(n, generator=g).to(device) if self.shuffle else None
             if self.pad:
                 offsets = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=g).to(device)
+                if self.uncropped is not None:
+                    offsets[self.uncropped if order is None else self.uncropped[order]] = self.pad  # by position
             if self.flip:
                 flips = (torch.rand(n, generator=g) < 0.5).to(device)
         for i in range(start, len(self)):

@@ -9,7 +9,7 @@ from typing import Any
 from cnnlab import checkpoint, figures
 from cnnlab.results import confusion
 from cnnlab.tasks.context import Context, TaskResult
-from cnnlab.tasks.parts import boundary, build, build_loaders, history, typed
+from cnnlab.tasks.parts import boundary, build, build_loaders, class_names, history, typed
 from cnnlab.tasks.publish import run_name, run_provenance, settings
 from cnnlab.training.trainer import DivergenceError, Trainer
 
@@ -79,10 +79,10 @@ def run(ctx: Context) -> TaskResult:
 
 
 def draw(ctx: Context, records: list[dict[str, Any]], preds: Any, targets: Any, title: str) -> dict[str, Any]:
-    matrix = confusion(targets, preds, int(ctx.cfg.dataset.num_classes))
+    matrix = confusion(targets, preds, int(ctx.cfg.model.num_classes))  # the background class too, if any
     acc = float(matrix.diag().sum() / matrix.sum())
     folder = ctx.run_dir / "figures"
-    names = ctx.cfg.dataset.get("classes")
+    names = class_names(ctx.cfg.dataset)
     return {
         "figures/training_curves": figures.training_curves(records, folder / "training_curves.png", title),
         "figures/confusion_matrix": figures.confusion_matrix(

@@ -10,7 +10,7 @@ from cnnlab import figures
 from cnnlab.config import RuntimeConfig, TrainerConfig
 from cnnlab.results import class_table, confusion, per_class
 from cnnlab.tasks.context import Context, TaskResult
-from cnnlab.tasks.parts import boundary, build_loaders, restore_model, trained_dataset
+from cnnlab.tasks.parts import boundary, build_loaders, class_names, restore_model, trained_dataset
 from cnnlab.tasks.publish import run_name, settings
 from cnnlab.training.trainer import Trainer
 
@@ -36,7 +36,7 @@ def run(ctx: Context) -> TaskResult:
         model = trainer.prepare(model)
     loader = getattr(build_loaders(dataset, trainer.cfg, trainer.runtime, int(saved.seed), ctx.device), split)
     result = trainer.evaluate(model, loader, predictions=True)
-    matrix = confusion(loader.y.cpu(), result["preds"], int(dataset.num_classes))
+    matrix = confusion(loader.y.cpu(), result["preds"], int(saved.model.num_classes))  # with a background class
     scores = per_class(matrix)
     trained = state.get("metrics") or {}
     metrics = {
@@ -50,7 +50,7 @@ def run(ctx: Context) -> TaskResult:
     title = f"evaluate {run_name(saved.model, saved.seed)} on {dataset.name} ({split})"
     path = figures.confusion_matrix(
         matrix, ctx.run_dir / "figures" / "confusion_matrix.png", f"{title}: acc {result['acc']:.4f}",
-        class_names=dataset.get("classes"),
+        class_names=class_names(dataset),
     )  # fmt: skip
     log.debug("evaluated config:\n%s", OmegaConf.to_yaml(saved))
     return TaskResult(
@@ -59,7 +59,7 @@ def run(ctx: Context) -> TaskResult:
         [f"{split}_acc", f"{split}_loss", f"trained_{split}_acc", "samples"],
         cfg.task.monitor or f"{split}_acc",
         figures={"figures/confusion_matrix": path},
-        tables=[class_table(matrix, scores, dataset.get("classes"))],
+        tables=[class_table(matrix, scores, class_names(dataset))],
     )
 
 

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from cnnlab import checkpoint
 from cnnlab.config import RuntimeConfig, TrainerConfig
 from cnnlab.data import sources
-from cnnlab.data.canvas import MNIST_FAMILY, Canvases, check_canvas_config, make_canvases
+from cnnlab.data.canvas import MNIST_FAMILY, Canvases, background_patches, check_canvas_config, make_canvases
 from cnnlab.data.loader import DeviceLoader, split_train_val
 from cnnlab.errors import BadArgument, ConfigError, DataError, UserError
 from cnnlab.tasks.context import RunInfo
@@ -127,6 +127,11 @@ def build_loaders(
     common = {"mean": list(dataset.mean), "std": list(dataset.std), "device": device}
     common["channels_last"] = bool(runtime.channels_last)
     train_x, train_y = data.train_x[train_idx], data.train_y[train_idx]
+    val_x, val_y = data.train_x[val_idx], data.train_y[val_idx]
+    uncropped = None
+    if dataset.get("background", 0):  # patches from each split's own digits; the test split stays the dataset's
+        train_x, train_y, uncropped = with_background(train_x, train_y, dataset, seed)
+        val_x, val_y, _ = with_background(val_x, val_y, dataset, seed + 1)
     if trainer.overfit_batches:  # debug=overfit: the same few batches, unshuffled, for training and val
         n = trainer.overfit_batches * trainer.batch_size
         fixed = DeviceLoader(train_x[:n], train_y[:n], trainer.batch_size, **common)
@@ -141,13 +146,40 @@ def build_loaders(
             flip=bool(augment.get("flip", False)),
             seed=seed,
             drop_last=trainer.drop_last,
+            uncropped=uncropped,
             **common,
         )
     return Loaders(
         train=train,
-        val=DeviceLoader(data.train_x[val_idx], data.train_y[val_idx], runtime.eval_batch_size, **common),
+        val=DeviceLoader(val_x, val_y, runtime.eval_batch_size, **common),
         test=DeviceLoader(data.test_x, data.test_y, runtime.eval_batch_size, **common),
     )
+
+
+def with_background(
+    x: torch.Tensor, y: torch.Tensor, dataset: DictConfig, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The split plus round(background x its size) background patches of label num_classes (the last), and
+    which samples are those patches (pad-and-crop leaves them in place)."""
+    count = max(1, round(float(dataset.background) * len(y)))
+    patches = background_patches(x, count, seed=seed)
+    labels = torch.full((count,), int(dataset.num_classes), dtype=y.dtype)
+    uncropped = torch.cat([torch.zeros(len(y), dtype=torch.bool), torch.ones(count, dtype=torch.bool)])
+    return torch.cat([x, patches]), torch.cat([y, labels]), uncropped
+
+
+def background_index(dataset: DictConfig) -> int | None:
+    """The index of a model's background class (its last output), None when it was trained without one."""
+    return int(dataset.num_classes) if dataset.get("background", 0) else None
+
+
+def class_names(dataset: DictConfig) -> list[str] | None:
+    """The names of a model's outputs for tables and figures: the dataset's (or None: the numbers), and
+    `background` last when it was trained with a background class."""
+    names = dataset.get("classes")
+    if not dataset.get("background", 0):
+        return None if names is None else list(names)
+    return [*(names or [str(c) for c in range(int(dataset.num_classes))]), "background"]
 
 
 def trained_dataset(saved: DictConfig, cfg: DictConfig, info: RunInfo) -> DictConfig:
