@@ -11,6 +11,7 @@ from cnnlab.vision import make_method
 from cnnlab.vision.faithfulness import (
     Faithfulness,
     auc,
+    blur,
     curves,
     drop_and_increase,
     fractions,
@@ -113,3 +114,38 @@ def test_faithfulness_on_test_images(tmp_path, cifar_checkpoint):  # noqa: F811
     run_app(tmp_path, *overrides, "task.method=grad-cam", "task.figure_count=2", "task.sanity_count=2")
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert 0 <= metrics["deletion_auc"] <= 1 and "sanity_rank_corr_stem" in metrics
+
+
+def every_step_probe(score, x, heat, classes, black, steps):
+    """The reference: every step of every image scored, one pass each."""
+    h, w = x.shape[2:]
+    place = ranks(heat).view(-1, 1, h, w)
+
+    def p(v: torch.Tensor) -> torch.Tensor:
+        return score(v).gather(1, classes[:, None])[:, 0]
+
+    taken = [place < (f * h * w).round() for f in fractions(steps)]
+    deletion = torch.stack([p(torch.where(t, black, x)) for t in taken], dim=1)
+    insertion = torch.stack([p(torch.where(t, x, blur(x))) for t in taken], dim=1)
+    return deletion, insertion, p(x), p(black + (x - black) * heat[:, None])
+
+
+def test_probe_scores_each_distinct_image_once_and_gives_every_step():
+    x, truth = object_image()
+    x = torch.cat([x, x.flip(3), torch.zeros_like(x)])  # noise everywhere, then on a black canvas
+    x[1:, :, :, 4:] = 0.0
+    heat = torch.cat([truth, truth.flip(2), torch.rand(1, 16, 16)])
+    classes, black, seen = torch.tensor([1, 0, 1]), torch.zeros(1, 1, 1), []
+
+    def counting(v: torch.Tensor) -> torch.Tensor:
+        seen.append(len(v))
+        return object_scorer(v)
+
+    for steps in (1, 4, 16):
+        seen.clear()
+        got, want = (
+            probe(counting, x, heat, classes, black, steps),
+            every_step_probe(object_scorer, x, heat, classes, black, steps),
+        )
+        assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+        assert sum(seen) < 3 * (2 * steps + 2)  # black canvases and the images themselves are scored once

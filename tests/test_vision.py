@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from cnnlab.config import MAP_BASELINES, MAP_METHODS
 from cnnlab.models.resnet import ResNet
 from cnnlab.vision import METHODS, make_method
+from cnnlab.vision.canvas_eval import SharedPass
 from cnnlab.vision.maps import ClassMaps, normalize_per_image
 from cnnlab.vision.methods import CAM, FullyConv, GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM, XGradCAM
 
@@ -184,3 +185,15 @@ def test_library_method_errors(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "pytorch_grad_cam", None)  # as if the extra were not installed
     with pytest.raises(ValueError, match=r"pytorch-grad-cam is not installed.*pip install -e \"\.\[cam\]\""):
         make_method("pgc:ScoreCAM", small_resnet())
+
+
+@pytest.mark.parametrize(("name", "layer"), [("cam", None), ("grad-cam", None), ("layer-cam", "stage2"), ("ink", None)])
+def test_one_shared_pass_gives_the_scores_and_maps_of_separate_calls(name, layer):
+    model, x = small_resnet(), torch.randn(3, 1, 32, 32)
+    method, scorer = make_method(name, model, layer), FullyConv(model)
+    shared = SharedPass(method, scorer, x)
+    assert torch.equal(shared.scores, scorer(x).maps)
+    classes = shared.scores.mean(dim=(2, 3)).topk(2).indices  # chosen from the scores, as on canvases
+    got, want = shared.maps(classes), method(x, classes)
+    assert torch.equal(got.maps, want.maps) and torch.equal(got.classes, want.classes) and got.stride == want.stride
+    assert torch.equal(SharedPass(scorer, scorer, x).maps(classes).maps, scorer(x).maps)  # fully-conv: every class

@@ -39,21 +39,38 @@ def pool_scores(maps: torch.Tensor, pooling: str, window: int = 7, topk: int = 1
 
 
 def connected_components(mask: torch.Tensor) -> torch.Tensor:
-    """8-connected components of a (h, w) bool mask: labels 1..n, 0 for background.
+    """8-connected components of a (h, w) bool mask: labels 1..n, 0 for background, numbered in the order of
+    each component's last pixel (row by row).
 
-    Every foreground pixel starts with its own number; each round it takes the largest number among its
-    neighbours, until nothing changes (rounds = the longest path inside a component).
+    Every foreground pixel starts with its own number and ends with the largest number of its component. Each
+    round it takes the largest among its 8 neighbours, then the largest of its run of foreground pixels along the
+    row and along the column: rounds are the turns of the longest path inside a component, not its length.
     """
     h, w = mask.shape
-    keep = mask.float()
-    labels = torch.arange(1, h * w + 1, dtype=torch.float32, device=mask.device).view(h, w) * keep
+    keep = mask.double()  # exact integers up to 2^53
+    labels = torch.arange(1, h * w + 1, dtype=torch.float64, device=mask.device).view(h, w) * keep
     while True:
         grown = F.max_pool2d(labels[None, None], 3, stride=1, padding=1)[0, 0] * keep
+        grown = run_max(run_max(grown, mask).T, mask.T).T
         if torch.equal(grown, labels):
             break
         labels = grown
     _, compact = torch.unique(labels, return_inverse=True)  # 0 stays 0 when background is present
     return compact if not mask.all() else compact + 1
+
+
+def run_max(labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(h, w) labels -> the largest label of each run of foreground pixels along a row, at every pixel of the run."""
+    return torch.maximum(run_max_so_far(labels, mask), run_max_so_far(labels.flip(1), mask.flip(1)).flip(1))
+
+
+def run_max_so_far(labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The largest label from the start of each pixel's run along the row to the pixel: a running maximum of
+    run number x big + label, where the runs before have smaller numbers and so never win."""
+    starts = mask.clone()
+    starts[:, 1:] &= ~mask[:, :-1]
+    run = starts.cumsum(1).to(labels.dtype) * (labels.numel() + 1)
+    return ((run + labels).cummax(1).values - run) * mask
 
 
 @dataclass
