@@ -13,8 +13,9 @@ from cnnlab import figures
 from cnnlab.config import MAP_BASELINES, MAP_METHODS
 from cnnlab.errors import CheckpointError, ConfigError
 from cnnlab.vision.maps import normalize_per_image
+from tests import test_localize as localize
 from tests.conftest import run_app
-from tests.test_localize import cifar_checkpoint, mnist_checkpoint  # noqa: F401 (fixtures)
+from tests.test_localize import canvas_checkpoint, cifar_checkpoint, mnist_checkpoint  # noqa: F401 (fixtures)
 
 PGC = ["pgc:ScoreCAM", "pgc:HiResCAM"]
 needs_pgc = pytest.mark.skipif(importlib.util.find_spec("pytorch_grad_cam") is None, reason="the cam extra")
@@ -62,6 +63,17 @@ def test_the_class_comes_from_the_same_pooling_whatever_the_map(tmp_path, mnist_
         run_app(tmp_path / method, "task=cam", f"checkpoint={mnist_checkpoint}", f"task.method={method}", *SMALL)
         found[method] = json.loads((tmp_path / method / "metrics.json").read_text())["cls_acc"]
     assert len(set(found.values())) == 1, found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["cam", "grad-cam"])
+def test_class_maps_of_a_briefly_trained_classifier_localize(tmp_path, canvas_checkpoint, method):  # noqa: F811
+    result = run_app(
+        tmp_path, "task=cam", f"checkpoint={canvas_checkpoint}", f"task.method={method}", *localize.QUALITY
+    )
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert result == metrics["loc_acc"] and metrics["task.method"] == method
+    localize.assert_localizes(metrics)
 
 
 @pytest.mark.parametrize("method", EVERY)

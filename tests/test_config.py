@@ -235,7 +235,8 @@ def test_canvas_classifier_preset(tmp_path):
     assert cfg.model._target_.endswith("ResNet") and cfg.model.depth == 20
     assert cfg.dataset.name == "mnist_sample" and cfg.model.in_channels == 1
     assert cfg.dataset.augment.pad == 8 and cfg.dataset.augment.flip is False
-    assert cfg.scheduler._target_.endswith(".cosine") and cfg.trainer.epochs == 4
+    assert cfg.scheduler._target_.endswith(".cosine") and cfg.trainer.epochs == 10
+    assert cfg.dataset.background == 0.25 and cfg.model.num_classes == 11  # the background class
     validate(cfg)
 
 
@@ -316,7 +317,7 @@ CLI_ERRORS = [
     ("trainer.precision=64", "trainer.precision", "trainer.precision=auto"),
     ("seed=abc", "seed", "seed=0"),
     ("trainer.no_such_key=1", "trainer.no_such_key", None),
-    ("task=localize task.threshold=2 checkpoint={tmp}/nowhere.pt", "task.threshold", "task.threshold=0.3"),
+    ("task=localize task.threshold=2 checkpoint={tmp}/nowhere.pt", "task.threshold", "task.threshold=null"),
     ("task=localize task.canvas.size=abc", "task.canvas.size", "task.canvas.size=128"),
     ("model=resnet model.width=-16", "model.width", "model.width=16"),
     ("optimizer.momentum=2", "optimizer.momentum", "optimizer.momentum=0.9"),

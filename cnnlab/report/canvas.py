@@ -47,8 +47,10 @@ class CanvasRun:
 
     @property
     def method(self) -> str:
-        layer = self.get("task.layer")
-        return str(self.get("task.method", self.get("task.name"))) + (f" @{layer}" if layer else "")
+        """The method, with its layer and box threshold where the run set them."""
+        layer, threshold = self.get("task.layer"), self.get("task.threshold")
+        name = str(self.get("task.method", self.get("task.name")))
+        return name + (f" @{layer}" if layer else "") + (f" t={threshold}" if threshold is not None else "")
 
     @property
     def kind(self) -> str:

@@ -20,7 +20,15 @@ from cnnlab.config import CANVAS_METRICS
 from cnnlab.data.canvas import Canvases
 from cnnlab.errors import ConfigError
 from cnnlab.tasks.context import Context, TaskResult
-from cnnlab.tasks.parts import canvases_for, class_map_method, load_data, restore_model, trained_dataset
+from cnnlab.tasks.parts import (
+    background_index,
+    canvases_for,
+    class_map_method,
+    class_names,
+    load_data,
+    restore_model,
+    trained_dataset,
+)
 from cnnlab.tasks.publish import run_name, settings
 from cnnlab.vision.canvas_eval import BoxRule, Evaluation, batches, evaluate_canvases, evaluate_images
 from cnnlab.vision.faithfulness import KEYS as FAITHFUL_KEYS
@@ -35,7 +43,7 @@ def run(ctx: Context) -> TaskResult:
     cfg, task = ctx.cfg, ctx.cfg.task
     model, saved, _ = restore_model(cfg.checkpoint, ctx.device, ctx.run_dir)
     method = class_map_method(model, task)
-    rule = box_rule(task, int(saved.model.num_classes))
+    rule = box_rule(task, method.threshold, int(saved.dataset.num_classes), background_index(saved.dataset))
     dataset = trained_dataset(saved, cfg, ctx.info)
     shown = int(task.figure_count)
     stats = (list(dataset.mean), list(dataset.std), ctx.device)
@@ -47,7 +55,7 @@ def run(ctx: Context) -> TaskResult:
         result = evaluate_canvases(method, canvases, batches(images, *stats, int(task.batch_size)), blank, rule, shown)
     else:
         data = load_data(dataset)
-        images, names = data.test_x, dataset.get("classes")
+        images, names = data.test_x, class_names(dataset)
         blank = next(batches(torch.zeros_like(images[:1]), *stats, 1))
         batched = batches(images, *stats, int(task.batch_size))
         result = evaluate_images(method, data.test_y, batched, rule, shown, names, blank[0, :, :1, :1])
@@ -56,7 +64,7 @@ def run(ctx: Context) -> TaskResult:
         result.metrics.update(cascade(lambda m: class_map_method(m, task), model, sample, int(cfg.seed)))
     name = run_name(saved.model, saved.seed)
     where = f"{task.canvas.count} canvases" if on_canvas else f"{dataset.name} test"
-    path = figure(task, result, images[:shown], canvases if on_canvas else None, dataset, ctx, name)
+    path = figure(task, rule.threshold, result, images[:shown], canvases if on_canvas else None, dataset, ctx, name)
     save_maps(ctx.run_dir / MAPS_FILE, images, result, canvases if on_canvas else None)
     metrics = {**result.metrics, **settings(cfg, saved)}
     monitor = task.monitor or ("loc_acc" if on_canvas else "cls_acc")
@@ -66,21 +74,30 @@ def run(ctx: Context) -> TaskResult:
     return TaskResult(metrics, title, table, monitor, figures={f"figures/{task.name}": path})
 
 
-def box_rule(task: DictConfig, classes: int) -> BoxRule:
-    """The task's class choice and box settings; a class to explain must be one of the model's."""
+def box_rule(task: DictConfig, threshold: float, classes: int, background: int | None = None) -> BoxRule:
+    """The task's class choice and box settings (`threshold`: the method's own, unless task.threshold is set);
+    a class to explain must be one of the dataset's `classes`; `background`: the index of the model's background
+    class, if it has one."""
     index = task.get("class_index")
     if index is not None and not (isinstance(index, int) and 0 <= index < classes):
         raise ConfigError("task.class_index", index, f"null (predicted) or 0..{classes - 1}", "task.class_index=null")
-    keys = ("threshold", "pooling", "window", "topk", "cell_center", "iou")
+    keys = ("pooling", "window", "topk", "cell_center", "iou")
     faithful = int(task.faithfulness_count) if task.get("faithfulness", False) else 0
     steps = int(task.get("faithfulness_steps", 16))
     return BoxRule(
-        digits=int(task.canvas.digits), class_index=index, faithful=faithful, steps=steps, **{k: task[k] for k in keys}
+        digits=int(task.canvas.digits),
+        class_index=index,
+        faithful=faithful,
+        steps=steps,
+        background=background,
+        threshold=threshold if task.get("threshold") is None else float(task.threshold),
+        **{k: task[k] for k in keys},
     )
 
 
 def figure(
     task: DictConfig,
+    threshold: float,
     result: Evaluation,
     images: torch.Tensor,
     truth: Canvases | None,
@@ -89,10 +106,7 @@ def figure(
     name: str,
 ) -> Path:
     """figures/<task>.png: the first images, the map of their class, true (green) and predicted (red) boxes."""
-    if truth is not None:
-        words = f"box at {task.threshold} of max: green true, red predicted"
-    else:
-        words = f"on {dataset.name} test"
+    words = f"box at {threshold} of max: green true, red predicted" if truth is not None else f"on {dataset.name} test"
     return figures.box_grid(
         images,
         torch.stack(result.overlays),
@@ -101,7 +115,7 @@ def figure(
         ctx.run_dir / "figures" / f"{task.name}.png",
         f"{task.method}, {name}, {words}",
         captions=result.captions or None,
-        class_names=dataset.get("classes"),
+        class_names=class_names(dataset),
     )
 
 

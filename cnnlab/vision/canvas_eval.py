@@ -1,13 +1,14 @@
 """One evaluation for every class-map method.
 
 On canvases: the class of a canvas is a pooling of the fully-convolutional score maps (the same for every method,
-baselines included); the method's maps of the chosen and the true classes become boxes and metrics. Score maps
-(fully-conv) are taken relative to those of an empty canvas and boxed at cell resolution, each class's components
-ranked by peak; relevance maps (every other method) are upsampled to pixels, min-max normalized per image and
-boxed by their largest components (Zhou et al.). On test images: the model's class, its map, cls_acc.
+baselines included; with a background class, of the digit classes' probabilities per cell); the method's maps of
+the chosen and the true classes become boxes and metrics. Score maps (fully-conv) are taken relative to those of an
+empty canvas, upsampled to pixels and boxed there, each class's components ranked by peak; relevance maps (every
+other method) are upsampled to pixels, min-max normalized per image and boxed by their largest components (Zhou et
+al.). On test images: the model's class, its map, cls_acc.
 Both score the first `rule.faithful` images' maps of the explained class for faithfulness (vision.faithfulness):
-on canvases the class probability is the softmax of the pooled score maps (the canvas's class), on test images
-of the logits.
+on canvases the class probability is that of the pooling (the canvas's class), on test images the softmax of the
+logits.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from cnnlab.data.loader import DeviceLoader
 from cnnlab.results import class_name
 from cnnlab.vision.boxes import Detections, detect, peak_point, pool_scores
 from cnnlab.vision.faithfulness import Faithfulness, Scorer
-from cnnlab.vision.maps import ClassMapMethod, ClassMaps, first_cell_center, normalize_per_image, upsample_cells
+from cnnlab.vision.maps import ClassMapMethod, ClassMaps, normalize_per_image, upsample_cells
 from cnnlab.vision.methods import FullyConv
 
 
@@ -43,6 +44,7 @@ class BoxRule:
     class_index: int | None = None  # explain this class on every image; None: the predicted one
     faithful: int = 0  # the first images scored for faithfulness (deletion, insertion, drop); 0: none
     steps: int = 16  # deletion and insertion steps
+    background: int | None = None  # the index of the model's background class (its last output), if it has one
 
 
 @dataclass
@@ -66,14 +68,20 @@ def explained(scores: Tensor, class_index: int | None) -> Tensor:
     return F.one_hot(torch.full((len(scores),), class_index), scores.shape[1]).float()
 
 
+def cell_scores(maps: Tensor, background: int | None) -> Tensor:
+    """(B, K, h, w) score maps of every class -> the digit classes' scores per cell: the logits, or with a
+    background class the probabilities of the softmax over all classes (near zero where the cell sees background)."""
+    return maps if background is None else maps.float().softmax(1)[:, :background]
+
+
 def heat_maps(
-    method: ClassMapMethod, maps: ClassMaps, size: tuple[int, int], where: str, blank: Tensor | None
-) -> tuple[Tensor, int, float, str]:
-    """(B, K, h, w) heat on CPU, its stride, the centre of its cell 0 and how its regions are ranked."""
-    full = maps.full(method.num_classes).float()
-    if blank is not None:  # score maps: evidence above an empty canvas, zero on background
-        return (full - blank).cpu(), maps.stride, first_cell_center(maps.stride, where), "peak"
-    return normalize_per_image(upsample_cells(full, maps.stride, size, where)).cpu(), 1, 0.5, "area"
+    full: Tensor, scores: bool, stride: int, size: tuple[int, int], where: str, blank: Tensor | None
+) -> tuple[Tensor, str]:
+    """(B, K, H, W) heat at pixels on CPU from a method's (B, K, h, w) maps of every class, and how its regions
+    are ranked."""
+    if scores:  # score maps: evidence above an empty canvas, bilinearly at pixels (boxes finer than a cell)
+        return upsample_cells(full - blank, stride, size, where).clamp(min=0).cpu(), "peak"
+    return normalize_per_image(upsample_cells(full, stride, size, where)).cpu(), "area"
 
 
 def evaluate_canvases(
@@ -83,45 +91,84 @@ def evaluate_canvases(
     empty canvas."""
     scorer = method if isinstance(method, FullyConv) else FullyConv(method.model)
     faith = Faithfulness(rule.steps)
-    blank_maps = scorer(blank).maps.float() if method.scores else None
+    digits = rule.background  # the dataset's classes come first; None: every output is one
+    blank_maps = scorer(blank).maps.float()[:, :digits] if method.scores else None
     size, scores, out, start = tuple(canvases.images.shape[2:]), Scores(rule.iou), Evaluation({}), 0
     for x in batched:
         labels = canvases.labels[start : start + len(x)]
-        all_scores = scorer(x)
-        pooled = explained(
-            pool_scores(all_scores.maps, rule.pooling, rule.window, rule.topk).float().cpu(), rule.class_index
-        )
+        shared = SharedPass(method, scorer, x)
+        logits = shared.scores.float()
+        cells = cell_scores(logits, rule.background)
+        pooled = explained(pool_scores(cells, rule.pooling, rule.window, rule.topk).cpu(), rule.class_index)
         wanted = torch.cat([pooled.topk(min(rule.digits, pooled.shape[1])).indices, torch.stack(labels)], dim=1)
-        maps = all_scores if method is scorer else method(x, wanted)
-        heat, stride, center, rank = heat_maps(method, maps, size, rule.cell_center, blank_maps)
+        maps = shared.maps(wanted)
+        # score maps are boxed on the logits: a digit's evidence spreads over its ink, while its probability
+        # saturates over every position the classifier was trained to accept (pad-and-crop's shifts)
+        full = logits[:, :digits] if method is scorer else maps.full(method.num_classes)[:, :digits].float()
+        heat, rank = heat_maps(full, method.scores, maps.stride, size, rule.cell_center, blank_maps)
         for i, truth in enumerate(labels):
-            pred = detect(heat[i], pooled[i], rule.digits, rule.threshold, stride, center, rank)
-            peaks = {c: peak_point(heat[i, c], stride, center) for c in truth.unique().tolist()}
+            pred = detect(heat[i], pooled[i], rule.digits, rule.threshold, rank=rank)
+            peaks = {c: peak_point(heat[i, c]) for c in truth.unique().tolist()}
             scores.add(pred, canvases.boxes[start + i], truth, peaks)
             if start + i < shown:
                 out.found.append(pred)
         first = max(0, min(len(x), shown - start))
-        out.overlays += list(overlay(heat[:first], pooled[:first].argmax(1), stride, size, rule.cell_center))
+        out.overlays += list(overlay(heat[:first], pooled[:first].argmax(1)))
         if start < rule.faithful:  # the maps of the explained class, at pixels in [0, 1]
             n = min(len(x), rule.faithful - start)
-            chosen = overlay(heat[:n], wanted[:n, 0], stride, size, rule.cell_center).to(x.device)
+            chosen = overlay(heat[:n], wanted[:n, 0]).to(x.device)
             faith.add(canvas_scorer(scorer, rule), x[:n], chosen, wanted[:n, 0].to(x.device), blank[0, :, :1, :1])
         start += len(x)
     out.metrics = {**scores.summary(), **faith.summary(), "stride": maps.stride}
     return out
 
 
+class SharedPass:
+    """One forward pass of the model for the score maps of every class (the scorer's hook, on the last maps) and
+    for a method's maps (its own hook, at its layer): the classes a method explains are chosen from the scores,
+    but its forward pass does not depend on them. These are the steps of ClassMapMethod.__call__, split where
+    the classes are first needed; fully-conv and methods with passes of their own (pgc:) are simply called."""
+
+    def __init__(self, method: ClassMapMethod, scorer: FullyConv, x: Tensor) -> None:
+        self.method, self.scorer, self.x = method, scorer, x
+        self.own = method is scorer or type(method).__call__ is not ClassMapMethod.__call__
+        if self.own:
+            self.every = scorer(x)
+            self.scores = self.every.maps
+            return
+        if method.gradients:  # the layer's output needs a graph even where the weights are frozen
+            self.x = x.detach().requires_grad_()
+        with torch.set_grad_enabled(method.gradients), method.hooked() as kept, scorer.hooked() as last:
+            self.logits = method.model(self.x)
+        self.activations = kept[0] if kept else None
+        with torch.no_grad():
+            every = torch.arange(scorer.num_classes, device=x.device).expand(len(x), -1)
+            self.scores = scorer.maps(x, self.logits, last[0], every)
+
+    def maps(self, classes: Tensor) -> ClassMaps:
+        """The method's maps of the (B, m) classes (fully-conv: of every class)."""
+        if self.method is self.scorer:
+            return self.every
+        if self.own:
+            return self.method(self.x, classes)
+        classes = classes.to(self.x.device).long()
+        with torch.set_grad_enabled(self.method.gradients):
+            maps = self.method.maps(self.x, self.logits, self.activations, classes)
+        stride = 1 if self.activations is None else round(self.x.shape[-1] / self.activations.shape[-1])
+        return ClassMaps(self.logits.detach(), maps.detach(), classes, stride)
+
+
 def canvas_scorer(scorer: FullyConv, rule: BoxRule) -> Scorer:
-    """Class probabilities of canvases: the softmax of the pooled score maps, as the canvas's class is chosen."""
+    """Class probabilities of canvases, pooled as the canvas's class is chosen: the softmax of the pooled score
+    maps, or with a background class the pooled probabilities of the cells."""
+    if rule.background is not None:
+        return lambda x: pool_scores(cell_scores(scorer(x).maps, rule.background), rule.pooling, rule.window, rule.topk)
     return lambda x: pool_scores(scorer(x).maps, rule.pooling, rule.window, rule.topk).float().softmax(1)
 
 
-def overlay(heat: Tensor, classes: Tensor, stride: int, size: tuple[int, int], where: str) -> Tensor:
-    """(n, H, W) maps of `classes` in [0, 1] at pixel resolution, for figures."""
-    chosen = heat[torch.arange(len(heat)), classes][:, None]
-    if stride > 1:  # score maps: upsample, keep the evidence above the empty canvas
-        chosen = upsample_cells(chosen, stride, size, where).clamp(min=0)
-    return normalize_per_image(chosen)[:, 0]
+def overlay(heat: Tensor, classes: Tensor) -> Tensor:
+    """(n, H, W) maps of `classes` in [0, 1] from (n, K, H, W) heat at pixels, for figures and faithfulness."""
+    return normalize_per_image(heat[torch.arange(len(heat)), classes][:, None])[:, 0]
 
 
 def evaluate_images(

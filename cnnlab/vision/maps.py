@@ -49,6 +49,7 @@ class ClassMapMethod:
     uses_layer: ClassVar[str] = "any"
     gradients: ClassVar[bool] = False
     scores: ClassVar[bool] = False
+    threshold: ClassVar[float] = 0.5  # its default box threshold: a fraction of the map's maximum (measured)
 
     def __init__(self, model: nn.Module, layer: str | None = None) -> None:
         self.model = model

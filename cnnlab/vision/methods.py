@@ -27,6 +27,7 @@ class FullyConv(ClassMapMethod):
     name = "fully-conv"
     uses_layer = "last"
     scores = True
+    threshold = 0.35  # score maps above an empty canvas's, at pixels: measured (0.3-0.4 within 1%)
 
     def maps(self, x: Tensor, logits: Tensor, activations: Tensor, classes: Tensor) -> Tensor:
         cam = torch.einsum("bmc,bchw->bmhw", self.fc.weight[classes], activations)
