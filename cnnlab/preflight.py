@@ -72,7 +72,6 @@ def check_sweep(config: DictConfig, lines: list[str] | None = None) -> None:
     """Validate every value the sweep will set: each swept key in turn, on the base config.
 
     `lines` are the sweep's overrides; by default hydra.sweeper.params and the command line's."""
-    import yaml
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from cnnlab.config import option_of
@@ -95,15 +94,16 @@ def check_sweep(config: DictConfig, lines: list[str] | None = None) -> None:
         chosen = option_of(group, config[group]) if isinstance(config.get(group), DictConfig) else None
         options = {group: chosen} if chosen else {}
         span = override.value() if override.is_interval_sweep() else None
-        values = [str(span.start), str(span.end)] if span else list(override.sweep_string_iterator())  # type: ignore[union-attr]
+        # the parsed values: the string forms are escaped for the command line (pgc:HiResCAM as pgc\\:HiResCAM)
+        values = [span.start, span.end] if span else list(override.sweep_iterator())  # type: ignore[union-attr]
         if absent:  # model.depth=20,32 with model=mlp: say which option has the key
-            raise unknown_key(key, values[0], options)
+            raise unknown_key(key, str(values[0]), options)
         for value in values:
             trial = copy.deepcopy(config)
             try:
-                OmegaConf.update(trial, key, yaml.safe_load(value), merge=False)
+                OmegaConf.update(trial, key, value, merge=False)
             except Exception:
-                raise bad_type(key, value, options) from None
+                raise bad_type(key, str(value), options) from None
             validate(trial)
 
 

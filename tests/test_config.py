@@ -648,3 +648,15 @@ def test_multirun_check_refuses_a_bad_value_of_the_grid():
     with pytest.raises(ConfigError, match=r"model.depth=21 is not allowed") as caught:
         check_sweep(cfg)
     assert caught.value.fix == "model.depth=20"
+
+
+def test_multirun_check_reads_the_values_not_their_escaped_forms():
+    from cnnlab.preflight import check_sweep
+
+    # Hydra escapes ':' in a sweep's strings (pgc\:HiResCAM): the check must see the value a job gets
+    cfg = compose_hydra("task=cam", "checkpoint=best.pt")
+    cfg.hydra.overrides.task = ["task=cam", "checkpoint=best.pt", "task.method=cam,pgc:HiResCAM,ink"]
+    check_sweep(cfg)
+    cfg.hydra.overrides.task = ["task=cam", "checkpoint=best.pt", "task.method=cam,pgc-HiResCAM"]
+    with pytest.raises(ConfigError, match=r"task.method='pgc-HiResCAM' is not allowed"):
+        check_sweep(cfg)
