@@ -126,8 +126,8 @@ def evaluate_canvases(
 class SharedPass:
     """One forward pass of the model for the score maps of every class (the scorer's hook, on the last maps) and
     for a method's maps (its own hook, at its layer): the classes a method explains are chosen from the scores,
-    but its forward pass does not depend on them. These are the steps of ClassMapMethod.__call__, split where
-    the classes are first needed; fully-conv and methods with passes of their own (pgc:) are simply called."""
+    but its forward pass does not depend on them. fully-conv and methods with passes of their own (pgc:) are
+    simply called."""
 
     def __init__(self, method: ClassMapMethod, scorer: FullyConv, x: Tensor) -> None:
         self.method, self.scorer, self.x = method, scorer, x
@@ -136,14 +136,8 @@ class SharedPass:
             self.every = scorer(x)
             self.scores = self.every.maps
             return
-        if method.gradients:  # the layer's output needs a graph even where the weights are frozen
-            self.x = x.detach().requires_grad_()
-        with torch.set_grad_enabled(method.gradients), method.hooked() as kept, scorer.hooked() as last:
-            self.logits = method.model(self.x)
-        self.activations = kept[0] if kept else None
-        with torch.no_grad():
-            every = torch.arange(scorer.num_classes, device=x.device).expand(len(x), -1)
-            self.scores = scorer.maps(x, self.logits, last[0], every)
+        self.run, last = method.forward(x, scorer)
+        self.scores = scorer.explain(last).maps
 
     def maps(self, classes: Tensor) -> ClassMaps:
         """The method's maps of the (B, m) classes (fully-conv: of every class)."""
@@ -151,11 +145,7 @@ class SharedPass:
             return self.every
         if self.own:
             return self.method(self.x, classes)
-        classes = classes.to(self.x.device).long()
-        with torch.set_grad_enabled(self.method.gradients):
-            maps = self.method.maps(self.x, self.logits, self.activations, classes)
-        stride = 1 if self.activations is None else round(self.x.shape[-1] / self.activations.shape[-1])
-        return ClassMaps(self.logits.detach(), maps.detach(), classes, stride)
+        return self.method.explain(self.run, classes)
 
 
 def canvas_scorer(scorer: FullyConv, rule: BoxRule) -> Scorer:

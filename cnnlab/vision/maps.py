@@ -8,7 +8,7 @@ for gradient methods, their gradients) become maps: in the spirit of torch-cam's
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -35,6 +35,15 @@ class ClassMaps:
         out = self.maps.new_zeros(self.maps.shape[0], num_classes, *self.maps.shape[2:])
         index = self.classes[:, :, None, None].expand_as(self.maps)
         return out.scatter(1, index, self.maps)
+
+
+@dataclass
+class Pass:
+    """One forward pass: its input (with a graph for gradient methods), the logits, the hooked layer's output."""
+
+    x: torch.Tensor
+    logits: torch.Tensor
+    activations: torch.Tensor | None
 
 
 class ClassMapMethod:
@@ -64,18 +73,28 @@ class ClassMapMethod:
 
     def __call__(self, x: torch.Tensor, classes: torch.Tensor | None = None) -> ClassMaps:
         """Maps of `classes` ((B, m) class indices; None: every class) for the (B, C, H, W) batch `x`."""
+        return self.explain(self.forward(x)[0], classes)
+
+    def forward(self, x: torch.Tensor, *others: ClassMapMethod) -> list[Pass]:
+        """One forward pass of the model with this method's hook and those of `others` (a Pass each): the canvas
+        evaluation takes the score maps and a method's maps from the same pass."""
+        if self.gradients:  # the layer's output needs a graph even where the weights are frozen
+            x = x.detach().requires_grad_()
+        with torch.set_grad_enabled(self.gradients), ExitStack() as hooks:
+            kept = [hooks.enter_context(method.hooked()) for method in (self, *others)]
+            logits = self.model(x)
+        return [Pass(x, logits, k[0] if k else None) for k in kept]
+
+    def explain(self, run: Pass, classes: torch.Tensor | None = None) -> ClassMaps:
+        """Maps of `classes` (None: every class) from a forward pass through this method's hook."""
+        x = run.x
         if classes is None:
             classes = torch.arange(self.num_classes, device=x.device).expand(len(x), -1)
         classes = classes.to(x.device).long()
-        if self.gradients:  # the layer's output needs a graph even where the weights are frozen
-            x = x.detach().requires_grad_()
         with torch.set_grad_enabled(self.gradients):
-            with self.hooked() as kept:
-                logits = self.model(x)
-            activations = kept[0] if kept else None
-            maps = self.maps(x, logits, activations, classes)
-        stride = 1 if activations is None else round(x.shape[-1] / activations.shape[-1])
-        return ClassMaps(logits.detach(), maps.detach(), classes, stride)
+            maps = self.maps(x, run.logits, run.activations, classes)
+        stride = 1 if run.activations is None else round(x.shape[-1] / run.activations.shape[-1])
+        return ClassMaps(run.logits.detach(), maps.detach(), classes, stride)
 
     def maps(
         self, x: torch.Tensor, logits: torch.Tensor, activations: torch.Tensor | None, classes: torch.Tensor
