@@ -129,7 +129,7 @@ def build_loaders(
     train_x, train_y = data.train_x[train_idx], data.train_y[train_idx]
     val_x, val_y = data.train_x[val_idx], data.train_y[val_idx]
     uncropped = None
-    if dataset.get("background", 0):  # patches from each split's own digits; the test split stays the dataset's
+    if background_index(dataset) is not None:  # patches from each split's own digits; the test split stays as is
         train_x, train_y, uncropped = with_background(train_x, train_y, dataset, seed)
         val_x, val_y, _ = with_background(val_x, val_y, dataset, seed + 1)
     if trainer.overfit_batches:  # debug=overfit: the same few batches, unshuffled, for training and val
@@ -176,10 +176,10 @@ def background_index(dataset: DictConfig) -> int | None:
 def class_names(dataset: DictConfig) -> list[str] | None:
     """The names of a model's outputs for tables and figures: the dataset's (or None: the numbers), and
     `background` last when it was trained with a background class."""
-    names = dataset.get("classes")
-    if not dataset.get("background", 0):
+    names, background = dataset.get("classes"), background_index(dataset)
+    if background is None:
         return None if names is None else list(names)
-    return [*(names or [str(c) for c in range(int(dataset.num_classes))]), "background"]
+    return [*(names or [str(c) for c in range(background)]), "background"]
 
 
 def trained_dataset(saved: DictConfig, cfg: DictConfig, info: RunInfo) -> DictConfig:

@@ -150,11 +150,6 @@ def find_layer(model: nn.Module, name: str) -> nn.Module:
     return modules[name]
 
 
-def class_weights(layer: nn.Linear, classes: torch.Tensor) -> torch.Tensor:
-    """(B, m, C) rows of the classifier for the classes of each image."""
-    return layer.weight[classes]
-
-
 def first_cell_center(stride: int, where: str) -> float:
     """Pixel coordinate of the centre of cell 0 of maps with this stride.
 
