@@ -1,9 +1,11 @@
+import copy
+
 import pytest
 import torch
 
 from cnnlab.errors import BadArgument
 from cnnlab.models.mlp import MLP
-from cnnlab.models.resnet import ResNet
+from cnnlab.models.resnet import BasicBlock, ResNet
 
 PAPER_COUNTS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962}
 
@@ -95,3 +97,40 @@ def test_weights_of_the_old_layout_load_into_the_named_parts():
     x = torch.randn(2, 1, 28, 28)
     assert torch.equal(fresh(x), trained(x))
     assert fresh.upgrade_state_dict(weights).keys() == trained.state_dict().keys()
+
+
+def out_of_place(block, x):
+    """BasicBlock.forward written without in-place operations: the reference for the training path."""
+    out = torch.relu(block.bn1(block.conv1(x)))
+    out = block.bn2(block.conv2(out))
+    return torch.relu(out + block.shortcut(x) if block.shortcut is not None else out)
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+@pytest.mark.parametrize("shortcut", ["A", "B"])
+def test_in_place_training_path_gives_the_same_outputs_and_gradients(batch_norm, shortcut, monkeypatch):
+    torch.manual_seed(0)
+    model = ResNet(depth=14, width=8, shortcut=shortcut, batch_norm=batch_norm).train()
+    reference = copy.deepcopy(model)
+    x, y = torch.randn(4, 3, 16, 16), torch.tensor([0, 3, 5, 9])
+
+    def grads(net):
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        return loss.detach(), [p.grad for p in net.parameters()]
+
+    loss, got = grads(model)
+    monkeypatch.setattr(BasicBlock, "forward", out_of_place)
+    ref_loss, want = grads(reference)
+    assert torch.equal(loss, ref_loss)
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+
+
+def test_a_hook_on_batch_norm_keeps_what_it_saw_in_eval():
+    torch.manual_seed(0)
+    model = ResNet(depth=8, width=8).eval()
+    seen = {}
+    for name in ("stage1.0.bn1", "stage1.0.bn2"):
+        model.get_submodule(name).register_forward_hook(lambda m, i, out, name=name: seen.update({name: out}))
+    model(torch.randn(2, 3, 16, 16))
+    assert all((out < 0).any() for out in seen.values())  # before the ReLU (and the shortcut's sum), as computed
