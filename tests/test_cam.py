@@ -66,7 +66,7 @@ def test_the_class_comes_from_the_same_pooling_whatever_the_map(tmp_path, mnist_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["cam", "grad-cam"])
+@pytest.mark.parametrize("method", ["cam", "grad-cam", "score-cam"])
 def test_class_maps_of_a_briefly_trained_classifier_localize(tmp_path, canvas_checkpoint, method):  # noqa: F811
     result = run_app(
         tmp_path, "task=cam", f"checkpoint={canvas_checkpoint}", f"task.method={method}", *localize.QUALITY

@@ -68,14 +68,17 @@ def test_grad_cam_plus_plus_at_the_last_layer_has_its_closed_form():
     assert (GradCAMPlusPlus(model)(x).maps - expected).abs().max() < 1e-5
 
 
-def test_score_cam_weights_are_the_class_probability_of_the_masked_image():
+@pytest.mark.parametrize("empty", [None, -0.4242])  # None: hidden pixels are 0; else the given (black) value
+def test_score_cam_weights_are_the_class_probability_of_the_masked_image(empty):
     model, x = small_resnet(), torch.randn(2, 1, 16, 16)
-    found = ScoreCAM(model, "stage2")(x, torch.tensor([[3], [7]]))
+    black = None if empty is None else torch.full((1, 1, 1), empty)
+    found = ScoreCAM(model, "stage2", empty=black)(x, torch.tensor([[3], [7]]))
+    e = 0.0 if empty is None else empty
     for b, c in enumerate((3, 7)):
         with torch.no_grad():
             a = model.stage2(model.stage1(model.stem(x[b : b + 1])))[0]  # (C, 8, 8), without hooks
             masks = normalize_per_image(F.interpolate(a[None], size=(16, 16), mode="bilinear")[0])
-            probs = torch.stack([model(x[b : b + 1] * m).softmax(1)[0, c] for m in masks])
+            probs = torch.stack([model(e + (x[b : b + 1] - e) * m).softmax(1)[0, c] for m in masks])
         expected = torch.relu((probs[:, None, None] * a).sum(0))
         assert (found.maps[b, 0] - expected).abs().max() < 1e-5
 

@@ -42,11 +42,12 @@ MAPS_SAVED = 8
 def run(ctx: Context) -> TaskResult:
     cfg, task = ctx.cfg, ctx.cfg.task
     model, saved, _ = restore_model(cfg.checkpoint, ctx.device, ctx.run_dir)
-    method = class_map_method(model, task)
-    rule = box_rule(task, method.threshold, int(saved.dataset.num_classes), background_index(saved.dataset))
     dataset = trained_dataset(saved, cfg, ctx.info)
-    shown = int(task.figure_count)
     stats = (list(dataset.mean), list(dataset.std), ctx.device)
+    empty = next(batches(torch.zeros(1, len(dataset.mean), 1, 1, dtype=torch.uint8), *stats, 1))[0]  # black, normalized
+    method = class_map_method(model, task, empty)
+    rule = box_rule(task, method.threshold, int(saved.dataset.num_classes), background_index(saved.dataset))
+    shown = int(task.figure_count)
     on_canvas = task.get("source", "canvas") == "canvas"
     if on_canvas:
         canvases = canvases_for(task.canvas, dataset)
@@ -56,12 +57,11 @@ def run(ctx: Context) -> TaskResult:
     else:
         data = load_data(dataset)
         images, names = data.test_x, class_names(dataset)
-        blank = next(batches(torch.zeros_like(images[:1]), *stats, 1))
         batched = batches(images, *stats, int(task.batch_size))
-        result = evaluate_images(method, data.test_y, batched, rule, shown, names, blank[0, :, :1, :1])
+        result = evaluate_images(method, data.test_y, batched, rule, shown, names, empty)
     if task.get("sanity", False):  # the same method on copies of the model, re-initialized top-down
         sample = next(batches(images[: int(task.sanity_count)], *stats, int(task.sanity_count)))
-        result.metrics.update(cascade(lambda m: class_map_method(m, task), model, sample, int(cfg.seed)))
+        result.metrics.update(cascade(lambda m: class_map_method(m, task, empty), model, sample, int(cfg.seed)))
     name = run_name(saved.model, saved.seed)
     where = f"{task.canvas.count} canvases" if on_canvas else f"{dataset.name} test"
     path = figure(task, rule.threshold, result, images[:shown], canvases if on_canvas else None, dataset, ctx, name)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from cnnlab.errors import BadArgument
@@ -16,10 +17,13 @@ METHODS: dict[str, type[ClassMapMethod]] = {m.name: m for m in (*OWN, *BASELINES
 __all__ = ["METHODS", "ClassMapMethod", "ClassMaps", "layer_names", "make_method"]
 
 
-def make_method(name: str, model: nn.Module, layer: str | None = None) -> ClassMapMethod:
-    """The method called `name` (a key of METHODS, or pgc:<Name> for pytorch-grad-cam's) on `model` at `layer`."""
+def make_method(
+    name: str, model: nn.Module, layer: str | None = None, empty: torch.Tensor | None = None
+) -> ClassMapMethod:
+    """The method called `name` (a key of METHODS, or pgc:<Name> for pytorch-grad-cam's) on `model` at `layer`;
+    `empty`: the normalized value of a black pixel (see ClassMapMethod)."""
     if name.startswith(PREFIX):
-        return LibraryMethod(model, layer, name=name[len(PREFIX) :])
+        return LibraryMethod(model, layer, name=name[len(PREFIX) :], empty=empty)
     if name not in METHODS:
         raise BadArgument("method", name, f"one of {', '.join(METHODS)}, or pgc:<Name> (pytorch-grad-cam)", "cam")
-    return METHODS[name](model, layer)
+    return METHODS[name](model, layer, empty=empty)

@@ -47,7 +47,7 @@ class LibraryMethod(ClassMapMethod):
 
     gradients = True  # most of the library's methods need them; the library turns them off where not
 
-    def __init__(self, model: nn.Module, layer: str | None = None, *, name: str) -> None:
+    def __init__(self, model: nn.Module, layer: str | None = None, *, name: str, **kwargs: Any) -> None:
         methods = library_methods(PREFIX + name)
         if name not in methods:
             theirs = ", ".join(PREFIX + n for n in sorted(methods))
@@ -55,7 +55,7 @@ class LibraryMethod(ClassMapMethod):
             raise BadArgument(
                 "method", PREFIX + name, f"pytorch-grad-cam's {theirs}; or cnnlab's {ours}", "pgc:GradCAM"
             )
-        super().__init__(model, layer)
+        super().__init__(model, layer, **kwargs)  # `empty` is unused: the library masks the normalized input
         self.name, self.library_class = PREFIX + name, methods[name]
 
     def __call__(self, x: Tensor, classes: Tensor | None = None) -> ClassMaps:
