@@ -161,3 +161,19 @@ def test_checkpoints_of_cnnlab_0_1_compare_by_their_result_keys(tmp_path):
         check_same_run(old, augmented, tmp_path / "checkpoints" / "last.pt")
     with pytest.raises(CheckpointError, match="trainer.epochs: 5 in the checkpoint, 6 now"):
         check_same_run(old, {**now, "trainer": {"epochs": 6}}, tmp_path / "checkpoints" / "last.pt")
+
+
+@pytest.mark.slow
+def test_a_resumed_run_continues_its_wandb_run(tmp_path):
+    run = [o for o in RUN if not o.startswith("logger=")] + ["logger=wandb", f"hydra.run.dir={tmp_path}"]
+    stopped = run_killed(signal.SIGTERM, KILL_AT, *run)
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr
+    (first,) = (tmp_path / "wandb").glob("offline-run-*")
+    run_id = first.name.rsplit("-", 1)[1]
+    assert checkpoint.load(tmp_path / "checkpoints" / "last.pt")["wandb_id"] == run_id
+
+    resumed = cli(*run, f"runtime.resume={tmp_path}")
+    assert resumed.returncode == 0, resumed.stderr
+    runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and {r.name.rsplit("-", 1)[1] for r in runs} == {run_id}  # one W&B run, two sessions
+    assert checkpoint.load(tmp_path / "checkpoints" / "last.pt")["wandb_id"] == run_id
