@@ -68,12 +68,12 @@ def test_grad_cam_plus_plus_at_the_last_layer_has_its_closed_form():
     assert (GradCAMPlusPlus(model)(x).maps - expected).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("empty", [None, -0.4242])  # None: hidden pixels are 0; else the given (black) value
-def test_score_cam_weights_are_the_class_probability_of_the_masked_image(empty):
+@pytest.mark.parametrize("black", [None, -0.4242])  # None: hidden pixels are 0; else the given (black) value
+def test_score_cam_weights_are_the_class_probability_of_the_masked_image(black):
     model, x = small_resnet(), torch.randn(2, 1, 16, 16)
-    black = None if empty is None else torch.full((1, 1, 1), empty)
-    found = ScoreCAM(model, "stage2", empty=black)(x, torch.tensor([[3], [7]]))
-    e = 0.0 if empty is None else empty
+    given = None if black is None else torch.full((1, 1, 1), black)
+    found = ScoreCAM(model, "stage2", black=given)(x, torch.tensor([[3], [7]]))
+    e = 0.0 if black is None else black
     for b, c in enumerate((3, 7)):
         with torch.no_grad():
             a = model.stage2(model.stage1(model.stem(x[b : b + 1])))[0]  # (C, 8, 8), without hooks

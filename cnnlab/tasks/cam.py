@@ -44,8 +44,8 @@ def run(ctx: Context) -> TaskResult:
     model, saved, _ = restore_model(cfg.checkpoint, ctx.device, ctx.run_dir)
     dataset = trained_dataset(saved, cfg, ctx.info)
     stats = (list(dataset.mean), list(dataset.std), ctx.device)
-    empty = next(batches(torch.zeros(1, len(dataset.mean), 1, 1, dtype=torch.uint8), *stats, 1))[0]  # black, normalized
-    method = class_map_method(model, task, empty)
+    black = next(batches(torch.zeros(1, len(dataset.mean), 1, 1, dtype=torch.uint8), *stats, 1))[0]  # (C, 1, 1)
+    method = class_map_method(model, task, black)
     rule = box_rule(task, method.threshold, int(saved.dataset.num_classes), background_index(saved.dataset))
     shown = int(task.figure_count)
     on_canvas = task.get("source", "canvas") == "canvas"
@@ -58,10 +58,10 @@ def run(ctx: Context) -> TaskResult:
         data = load_data(dataset)
         images, names = data.test_x, class_names(dataset)
         batched = batches(images, *stats, int(task.batch_size))
-        result = evaluate_images(method, data.test_y, batched, rule, shown, names, empty)
+        result = evaluate_images(method, data.test_y, batched, rule, shown, names, black)
     if task.get("sanity", False):  # the same method on copies of the model, re-initialized top-down
         sample = next(batches(images[: int(task.sanity_count)], *stats, int(task.sanity_count)))
-        result.metrics.update(cascade(lambda m: class_map_method(m, task, empty), model, sample, int(cfg.seed)))
+        result.metrics.update(cascade(lambda m: class_map_method(m, task, black), model, sample, int(cfg.seed)))
     name = run_name(saved.model, saved.seed)
     where = f"{task.canvas.count} canvases" if on_canvas else f"{dataset.name} test"
     path = figure(task, rule.threshold, result, images[:shown], canvases if on_canvas else None, dataset, ctx, name)

@@ -221,13 +221,13 @@ def restore_model(reference: str | None, device: torch.device, run_dir: Path) ->
     return model.to(device), saved, state
 
 
-def class_map_method(model: Any, task: DictConfig, empty: torch.Tensor | None = None) -> Any:
+def class_map_method(model: Any, task: DictConfig, black: torch.Tensor | None = None) -> Any:
     """task.method at task.layer on a restored model (cnnlab.vision); a bad name or layer is a config error.
-    `empty`: a black pixel, normalized (C, 1, 1), where a method hides the input."""
+    `black`: a black pixel, normalized (C, 1, 1), where a method hides the input."""
     from cnnlab.vision import make_method
 
     with boundary("task"):
-        return make_method(str(task.method), model.eval(), task.get("layer"), empty)
+        return make_method(str(task.method), model.eval(), task.get("layer"), black)
 
 
 def history(run_dir: Path) -> list[dict[str, Any]]:

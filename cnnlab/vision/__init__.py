@@ -18,12 +18,12 @@ __all__ = ["METHODS", "ClassMapMethod", "ClassMaps", "layer_names", "make_method
 
 
 def make_method(
-    name: str, model: nn.Module, layer: str | None = None, empty: torch.Tensor | None = None
+    name: str, model: nn.Module, layer: str | None = None, black: torch.Tensor | None = None
 ) -> ClassMapMethod:
     """The method called `name` (a key of METHODS, or pgc:<Name> for pytorch-grad-cam's) on `model` at `layer`;
-    `empty`: the normalized value of a black pixel (see ClassMapMethod)."""
+    `black`: the normalized value of a black pixel (see ClassMapMethod)."""
     if name.startswith(PREFIX):
-        return LibraryMethod(model, layer, name=name[len(PREFIX) :], empty=empty)
+        return LibraryMethod(model, layer, name=name[len(PREFIX) :], black=black)
     if name not in METHODS:
         raise BadArgument("method", name, f"one of {', '.join(METHODS)}, or pgc:<Name> (pytorch-grad-cam)", "cam")
-    return METHODS[name](model, layer, empty=empty)
+    return METHODS[name](model, layer, black=black)

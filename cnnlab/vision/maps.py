@@ -60,11 +60,11 @@ class ClassMapMethod:
     scores: ClassVar[bool] = False
     threshold: ClassVar[float] = 0.5  # its default box threshold: a fraction of the map's maximum (measured)
 
-    def __init__(self, model: nn.Module, layer: str | None = None, *, empty: torch.Tensor | None = None) -> None:
-        """`empty`: an empty (black) pixel as the model sees it, normalized, (C, 1, 1): what a method that hides
-        parts of the input (score-cam) puts there. None: 0, the dataset's mean colour."""
+    def __init__(self, model: nn.Module, layer: str | None = None, *, black: torch.Tensor | None = None) -> None:
+        """`black`: a black pixel as the model sees it, normalized, (C, 1, 1): what a method that hides parts
+        of the input (score-cam) puts there, as faithfulness's deletion does. None: 0, the dataset's mean colour."""
         self.model = model
-        self.empty = empty
+        self.black = black
         self.fc, last = gap_classifier(model)
         self.num_classes = self.fc.out_features
         if self.uses_layer == "none" and layer is not None:

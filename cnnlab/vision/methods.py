@@ -7,7 +7,7 @@ grad-cam (Selvaraju et al. 2017) by their spatial mean; grad-cam++ (Chattopadhay
 sum alpha ReLU(G) with alpha = G^2 / (2 G^2 + sum(A) G^3) (eq. 19); xgrad-cam (Fu et al. 2020) by sum(A G) / sum(A);
 layer-cam (Jiang et al. 2021) by ReLU(G) at each position. Each map is ReLU(sum_k weights_k A_k).
 score-cam (Wang et al. 2020), gradient-free: weight_k = the class probability of the image masked by A_k
-(upsampled, min-max normalized) towards an empty (black) image; one pass per channel gives the weights of every class.
+(upsampled, min-max normalized) towards a black image; one pass per channel gives the weights of every class.
 At the last layer of a GAP + linear network G_k = w_ck / (h w) everywhere, so grad-cam = ReLU(cam) / (h w),
 and xgrad-cam, and layer-cam where w_c > 0, equal grad-cam.
 """
@@ -103,10 +103,10 @@ class ScoreCAM(ClassMapMethod):
         masks = normalize_per_image(F.interpolate(activations, size=x.shape[2:], mode="bilinear", align_corners=False))
         # Hidden pixels become black, not 0 of the normalized input: that is the mean colour, a grey haze over a
         # black canvas that the class scores see (pointing 0.19 instead of 1.0 on MNIST canvases, measured).
-        empty = x.new_zeros(x.shape[1], 1, 1) if self.empty is None else self.empty.to(x)
+        black = x.new_zeros(x.shape[1], 1, 1) if self.black is None else self.black.to(x)
         probs = []
         for image, mask in zip(x, masks, strict=True):  # (C_in, H, W), (C, H, W)
-            masked = empty + (image[None] - empty) * mask[:, None]  # one image per channel of the layer
+            masked = black + (image[None] - black) * mask[:, None]  # one image per channel of the layer
             probs.append(torch.cat([self.model(part).softmax(dim=1) for part in masked.split(self.chunk)]))
         weights = torch.stack(probs).gather(2, classes[:, None, :].expand(-1, masks.shape[1], -1))  # (B, C, m)
         return F.relu(torch.einsum("bcm,bchw->bmhw", weights, activations))

@@ -55,7 +55,7 @@ class LibraryMethod(ClassMapMethod):
             raise BadArgument(
                 "method", PREFIX + name, f"pytorch-grad-cam's {theirs}; or cnnlab's {ours}", "pgc:GradCAM"
             )
-        super().__init__(model, layer, **kwargs)  # `empty` is unused: the library masks the normalized input
+        super().__init__(model, layer, **kwargs)  # `black` is unused: the library masks the normalized input
         self.name, self.library_class = PREFIX + name, methods[name]
 
     def __call__(self, x: Tensor, classes: Tensor | None = None) -> ClassMaps:
