@@ -52,8 +52,7 @@ def run(ctx: Context) -> TaskResult:
     if on_canvas:
         canvases = canvases_for(task.canvas, dataset)
         images = canvases.images
-        blank = next(batches(torch.zeros_like(images[:1]), *stats, 1))
-        result = evaluate_canvases(method, canvases, batches(images, *stats, int(task.batch_size)), blank, rule, shown)
+        result = evaluate_canvases(method, canvases, batches(images, *stats, int(task.batch_size)), black, rule, shown)
     else:
         data = load_data(dataset)
         images, names = data.test_x, class_names(dataset)

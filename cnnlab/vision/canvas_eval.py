@@ -85,21 +85,21 @@ def heat_maps(
 
 
 def evaluate_canvases(
-    method: ClassMapMethod, canvases: Canvases, batched: Iterable[Tensor], blank: Tensor, rule: BoxRule, shown: int
+    method: ClassMapMethod, canvases: Canvases, batched: Iterable[Tensor], black: Tensor, rule: BoxRule, shown: int
 ) -> Evaluation:
-    """Boxes and metrics of `method` on the canvases (given again as normalized batches); `blank`: one normalized
-    empty canvas."""
+    """Boxes and metrics of `method` on the canvases (given again as normalized batches); `black`: the (C, 1, 1)
+    normalized black pixel, of which an empty canvas is made."""
     scorer = method if isinstance(method, FullyConv) else FullyConv(method.model)
     faith = Faithfulness(rule.steps)
     digits = rule.background  # the dataset's classes come first; None: every output is one
-    blank_maps = scorer(blank).maps.float()[:, :digits] if method.scores else None
     size, scores, out, start = tuple(canvases.images.shape[2:]), Scores(rule.iou), Evaluation({}), 0
+    blank = black.expand(1, -1, *size).contiguous()  # an empty canvas
+    blank_maps = scorer(blank).maps.float()[:, :digits] if method.scores else None
     for x in batched:
         labels = canvases.labels[start : start + len(x)]
         shared = SharedPass(method, scorer, x)
         logits = shared.scores.float()
-        cells = cell_scores(logits, rule.background)
-        pooled = explained(pool_scores(cells, rule.pooling, rule.window, rule.topk).cpu(), rule.class_index)
+        pooled = explained(canvas_scores(logits, rule).cpu(), rule.class_index)
         wanted = torch.cat([pooled.topk(min(rule.digits, pooled.shape[1])).indices, torch.stack(labels)], dim=1)
         maps = shared.maps(wanted)
         # score maps are boxed on the logits: a digit's evidence spreads over its ink, while its probability
@@ -117,7 +117,7 @@ def evaluate_canvases(
         if start < rule.faithful:  # the maps of the explained class, at pixels in [0, 1]
             n = min(len(x), rule.faithful - start)
             chosen = overlay(heat[:n], wanted[:n, 0]).to(x.device)
-            faith.add(canvas_scorer(scorer, rule), x[:n], chosen, wanted[:n, 0].to(x.device), blank[0, :, :1, :1])
+            faith.add(canvas_scorer(scorer, rule), x[:n], chosen, wanted[:n, 0].to(x.device), black)
         start += len(x)
     out.metrics = {**scores.summary(), **faith.summary(), "stride": maps.stride}
     return out
@@ -148,12 +148,18 @@ class SharedPass:
         return self.method.explain(self.run, classes)
 
 
+def canvas_scores(maps: Tensor, rule: BoxRule) -> Tensor:
+    """(B, K, h, w) score maps -> (B, digit classes) canvas scores, pooled as rule says: of the logits, or with a
+    background class of the cells' probabilities. The canvas's class is their argmax."""
+    return pool_scores(cell_scores(maps, rule.background), rule.pooling, rule.window, rule.topk)
+
+
 def canvas_scorer(scorer: FullyConv, rule: BoxRule) -> Scorer:
-    """Class probabilities of canvases, pooled as the canvas's class is chosen: the softmax of the pooled score
-    maps, or with a background class the pooled probabilities of the cells."""
+    """Class probabilities of canvases, pooled as the canvas's class is chosen: the softmax of the pooled logits,
+    or with a background class the pooled probabilities themselves."""
     if rule.background is not None:
-        return lambda x: pool_scores(cell_scores(scorer(x).maps, rule.background), rule.pooling, rule.window, rule.topk)
-    return lambda x: pool_scores(scorer(x).maps, rule.pooling, rule.window, rule.topk).float().softmax(1)
+        return lambda x: canvas_scores(scorer(x).maps.float(), rule)
+    return lambda x: canvas_scores(scorer(x).maps.float(), rule).softmax(1)
 
 
 def overlay(heat: Tensor, classes: Tensor) -> Tensor:
