@@ -11,10 +11,11 @@ class ConfigError(UserError):
     """A config value is not allowed: names the key, the value, what is allowed and the override to fix it."""
 
     def __init__(self, key: str, value: object, allowed: str, fix: str | None = None) -> None:
+        """`fix`: the override that fixes it; None: `key=<value>`; "": no override is close enough to suggest."""
         self.key, self.value, self.allowed, self.fix = key, value, allowed, fix
-        fix = fix or f"{key}=<value>"
         shown = "null" if value is None else repr(value)  # as the command line writes it
-        super().__init__(f"{key}={shown} is not allowed: {allowed}. Fix it with the override `{fix}`.")
+        how = "" if fix == "" else f" Fix it with the override `{fix or f'{key}=<value>'}`."
+        super().__init__(f"{key}={shown} is not allowed: {allowed}.{how}")
 
     def __reduce__(self) -> tuple:
         # picklable, so a joblib or submitit worker can send the failure back to the sweep

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def make_config(run_dir: Path, overrides: list[str]) -> DictConfig:
     """Compose the app's config as `python -m cnnlab <overrides>` would, with the run dir set."""
-    from cnnlab.config import register
+    from cnnlab.config.schema import register
 
     register()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -43,7 +43,7 @@ def make_config(run_dir: Path, overrides: list[str]) -> DictConfig:
 
 def run_app(run_dir: Path, *overrides: str) -> float:
     """Run the app in-process (fast: no interpreter start-up)."""
-    from cnnlab.run import run
+    from cnnlab.app.run import run
 
     defaults = [
         d

@@ -9,32 +9,21 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "cnnlab"
 
-# 1 core, 2 parts, 3 training, 4 tasks, 5 app (see the README's architecture section)
+# Packages by role, bottom-up (the README's architecture section): each imports only its own layer and below.
 LAYERS = {
-    "cnnlab": 1,  # __init__: version and the conf dir
-    "cnnlab.errors": 1,
-    "cnnlab.config": 1,
-    "cnnlab.config_errors": 1,
-    "cnnlab.checkpoint": 1,
-    "cnnlab.provenance": 1,  # imported on the start-up path: no torch at import time
-    "cnnlab.models": 2,
-    "cnnlab.data": 2,
-    "cnnlab.vision": 2,  # class maps: methods, baselines, pytorch-grad-cam, boxes, the canvas evaluation
-    "cnnlab.figures": 2,
-    "cnnlab.results": 2,
-    "cnnlab.progress": 2,
-    "cnnlab.tracking": 2,
-    "cnnlab.training": 3,
-    "cnnlab.tasks": 4,
-    "cnnlab.run": 5,
-    "cnnlab.__main__": 5,
-    "cnnlab.callbacks": 5,
-    "cnnlab.preflight": 5,
-    "cnnlab.resume": 5,
-    "cnnlab.report": 5,
-    "cnnlab.sweep": 5,
-    "cnnlab.search": 5,
-    "cnnlab.sweep_resume": 5,
+    "cnnlab": 0,  # __init__: the version and the conf dir
+    "cnnlab.errors": 0,
+    "cnnlab.config": 1,  # schemas, validation, the one-line messages
+    "cnnlab.records": 2,  # what a run writes: checkpoints, status.json, metrics, figures, W&B, provenance
+    "cnnlab.data": 3,
+    "cnnlab.models": 3,
+    "cnnlab.training": 4,
+    "cnnlab.vision": 4,  # class maps: methods, baselines, pytorch-grad-cam, boxes, the canvas evaluation
+    "cnnlab.tasks": 5,
+    "cnnlab.app": 6,  # one run: the Hydra app, preflight, the resume decision
+    "cnnlab.sweeps": 7,  # launch-wide: Hydra callbacks, whole-sweep resume, W&B sweep YAML, search
+    "cnnlab.report": 8,
+    "cnnlab.__main__": 9,
 }
 
 
@@ -53,7 +42,12 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imports(tree: ast.AST, module: str) -> list[str]:
+def is_module(name: str) -> bool:
+    path = PACKAGE.parent.joinpath(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def imports(tree: ast.AST, module: str = "") -> list[str]:
     """Every cnnlab module imported anywhere in the file, at the top or inside functions."""
     found = []
     for node in ast.walk(tree):
@@ -61,8 +55,8 @@ def imports(tree: ast.AST, module: str) -> list[str]:
             found += [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module:
             base = node.module
-            # `from cnnlab import checkpoint` imports the module cnnlab.checkpoint
-            found += [f"{base}.{a.name}" if f"{base}.{a.name}" in LAYERS else base for a in node.names]
+            # `from cnnlab.records import checkpoint` imports the module cnnlab.records.checkpoint
+            found += [f"{base}.{a.name}" if is_module(f"{base}.{a.name}") else base for a in node.names]
     return [m for m in found if m == "cnnlab" or m.startswith("cnnlab.")]
 
 
@@ -78,8 +72,66 @@ def test_no_layer_imports_a_higher_one(path: Path) -> None:
 
 
 def test_the_layer_check_catches_an_upward_import() -> None:
-    tree = ast.parse("def f():\n    from cnnlab.run import run\n")
-    assert [m for m in imports(tree, "cnnlab.models.resnet") if layer(m) > 2] == ["cnnlab.run"]
+    tree = ast.parse("def f():\n    from cnnlab.app.run import run\n")
+    assert [m for m in imports(tree, "cnnlab.models.resnet") if layer(m) > layer("cnnlab.models.resnet")] == [
+        "cnnlab.app.run"
+    ]
+
+
+def graph() -> dict[str, set[str]]:
+    """Module -> the cnnlab modules it imports (a package's __init__ aside: importing a submodule runs it)."""
+    edges = {}
+    for path in SOURCES:
+        module = module_name(path)
+        edges[module] = {m for m in imports(ast.parse(path.read_text())) if m != module and is_module(m)}
+    return edges
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The import circles of a module graph (depth-first search; one path per circle found)."""
+    found, done, path = [], set(), []
+
+    def visit(node: str) -> None:
+        if node in path:
+            found.append(path[path.index(node) :] + [node])
+            return
+        if node in done:
+            return
+        path.append(node)
+        for child in sorted(edges.get(node, ())):
+            visit(child)
+        path.pop()
+        done.add(node)
+
+    for node in sorted(edges):
+        visit(node)
+    return found
+
+
+def test_no_import_circle() -> None:
+    assert cycles(graph()) == []
+
+
+def test_the_circle_check_catches_a_circle() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_the_package_root_holds_at_most_five_modules() -> None:
+    root = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(root) <= 5, root
+
+
+def test_nothing_assigns_sys_argv() -> None:
+    offenders = []
+    for path in SOURCES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            for target in targets:
+                target = target.value if isinstance(target, ast.Subscript) else target
+                if isinstance(target, ast.Attribute) and ast.unparse(target) == "sys.argv":
+                    offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+    assert not offenders, offenders
 
 
 def test_no_function_is_longer_than_80_lines() -> None:

@@ -14,12 +14,13 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from cnnlab import figures
-from cnnlab.config import outputs, validate
+from cnnlab.config.checks import validate
+from cnnlab.config.schema import outputs
 from cnnlab.data import canvas
 from cnnlab.data.canvas import background_patches
 from cnnlab.data.loader import DeviceLoader
 from cnnlab.errors import ConfigError
+from cnnlab.records import figures
 from cnnlab.tasks.parts import background_index, build_loaders, class_names, typed
 from cnnlab.vision.canvas_eval import cell_scores
 from tests.conftest import cli, run_app

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from cnnlab import checkpoint
 from cnnlab.errors import CheckpointError
 from cnnlab.models.resnet import ResNet
+from cnnlab.records import checkpoint
 from cnnlab.tasks.parts import restore_model
 
 
@@ -75,6 +75,21 @@ def test_missing_checkpoint_and_foreign_file(tmp_path):
     torch.save({"model": {}}, tmp_path / "plain.pt")
     with pytest.raises(CheckpointError, match="not a cnnlab checkpoint"):
         checkpoint.load(tmp_path / "plain.pt")
+
+
+def test_a_checkpoint_of_another_format_number_is_one_clear_line(tmp_path):
+    assert checkpoint.FORMAT == "cnnlab-checkpoint-2"
+    torch.save({"format": "cnnlab-checkpoint-1", "model": {}}, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError) as e:
+        checkpoint.load(tmp_path / "old.pt")
+    assert "format cnnlab-checkpoint-1, and this cnnlab reads cnnlab-checkpoint-2" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_the_header_reads_the_plain_values_without_loading_tensors(tmp_path):
+    path = checkpoint.save({"config": {"seed": 3}, "model": {"w": torch.arange(4.0)}}, tmp_path / "c.pt")
+    header = checkpoint.header(path)
+    assert header["config"] == {"seed": 3} and torch.equal(header["model"]["w"], torch.arange(4.0))
 
 
 class Payload:

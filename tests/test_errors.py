@@ -14,9 +14,9 @@ import pytest
 import torch
 from torchvision import datasets
 
-from cnnlab import checkpoint
-from cnnlab.callbacks import read_status
 from cnnlab.errors import CheckpointError, ConfigError, DataError, UserError
+from cnnlab.records import checkpoint
+from cnnlab.records.status import read_status
 from cnnlab.report import load_runs
 from cnnlab.training.trainer import DivergenceError
 from tests.conftest import cli, run_app, write_mnist

@@ -1,4 +1,4 @@
-"""cnnlab.figures on small fabricated inputs: run names in titles, class names, the shared colour bar, captions
+"""cnnlab.records.figures on small fabricated inputs: run names in titles, class names, the shared colour bar, captions
 that keep clear of each other. Figures are drawn through the public functions (layout and savefig included) and
 caught when save_figure closes them."""
 
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from cnnlab import figures
+from cnnlab.records import figures
 
 PNG = b"\x89PNG\r\n\x1a\n"
 CIFAR = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnlab.config import RuntimeConfig, TrainerConfig
+from cnnlab.app.resume import check_same_run
+from cnnlab.config.schema import RuntimeConfig, TrainerConfig
 from cnnlab.data.loader import DeviceLoader
 from cnnlab.errors import ConfigError
 from cnnlab.models.resnet import ResNet
-from cnnlab.resume import check_same_run
 from cnnlab.tasks.context import RunInfo
 from cnnlab.training import hardware
 from cnnlab.training.hardware import gpu_lease, resolve_precision, resumed_precision
@@ -114,7 +114,7 @@ def four_gpus(monkeypatch):
 
 
 def test_auto_device_in_a_joblib_sweep_leases_a_gpu(tmp_path, four_gpus):
-    from cnnlab.run import job_device
+    from cnnlab.app.run import job_device
 
     info = RunInfo(run_dir=tmp_path / "0", multirun=True, sweep_dir=tmp_path, parallel_jobs=8)
     with job_device("auto", info) as first, job_device("auto", info) as second:

@@ -10,17 +10,16 @@ import torch
 from omegaconf import OmegaConf
 from torchvision.ops import box_iou
 
-from cnnlab import checkpoint
 from cnnlab.data.canvas import make_canvases
 from cnnlab.errors import ConfigError
 from cnnlab.models.resnet import ResNet
+from cnnlab.records import checkpoint
 from cnnlab.tasks.parts import canvases_for
 from cnnlab.vision.boxes import Detections, connected_components, detect, pool_scores, regions
 from cnnlab.vision.canvas_eval import Scores
 from cnnlab.vision.maps import cell_centers, upsample_cells
 from cnnlab.vision.methods import FullyConv
 from tests.conftest import run_app, write_cifar10
-from tests.test_models import old_layout
 
 TINY = ["model=resnet", "model.depth=8", "model.width=4", "trainer.max_steps=2", "runtime.figures=false"]
 
@@ -304,24 +303,6 @@ def test_localize_refuses_bad_options_and_non_mnist_models(tmp_path, mnist_check
     with pytest.raises(ConfigError, match="MNIST-family"):
         run_app(tmp_path / "b", "task=localize", f"checkpoint={cifar_checkpoint}")
     assert not (tmp_path / "a" / "metrics.json").exists()
-
-
-def test_checkpoints_written_before_the_parts_had_names_still_load(tmp_path, mnist_checkpoint):
-    state = checkpoint.load(mnist_checkpoint)
-    model = ResNet(**{k: v for k, v in state["config"]["model"].items() if k != "_target_"})
-    model.load_state_dict(state["model"])
-    old = tmp_path / "old.pt"
-    checkpoint.save({**state, "model": old_layout(model)}, old)
-    assert "features.0.weight" in checkpoint.load(old)["model"]
-    accuracy = {}
-    for name, path in (("new", mnist_checkpoint), ("old", old)):
-        run_app(tmp_path / name, "task=evaluate", f"checkpoint={path}")
-        accuracy[name] = json.loads((tmp_path / name / "metrics.json").read_text())["test_acc"]
-    assert accuracy["old"] == accuracy["new"]
-    small = ["task.canvas.count=4", "task.canvas.size=64", "task.figure_count=2"]
-    for task in ("localize", "cam"):
-        run_app(tmp_path / task, f"task={task}", f"checkpoint={old}", *small)
-        assert json.loads((tmp_path / task / "metrics.json").read_text())["canvases"] == 4
 
 
 def flooded_components(mask: torch.Tensor) -> torch.Tensor:

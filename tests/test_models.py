@@ -84,21 +84,6 @@ def old_layout(model: ResNet) -> dict[str, torch.Tensor]:
     return {**{f"features.{k}": v for k, v in features.state_dict().items()}, **model.fc.state_dict(prefix="fc.")}
 
 
-def test_weights_of_the_old_layout_load_into_the_named_parts():
-    torch.manual_seed(0)
-    trained = ResNet(depth=14, width=4, in_channels=1, shortcut="B").eval()
-    for m in trained.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-    weights = old_layout(trained)
-    assert "features.8.conv1.weight" in weights and not any(k.startswith("stage") for k in weights)
-    fresh = ResNet(depth=14, width=4, in_channels=1, shortcut="B").eval()
-    fresh.load_state_dict(weights)  # strict: every key found
-    x = torch.randn(2, 1, 28, 28)
-    assert torch.equal(fresh(x), trained(x))
-    assert fresh.upgrade_state_dict(weights).keys() == trained.state_dict().keys()
-
-
 def out_of_place(block, x):
     """BasicBlock.forward written without in-place operations: the reference for the training path."""
     out = torch.relu(block.bn1(block.conv1(x)))

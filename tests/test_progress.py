@@ -7,7 +7,7 @@ import logging
 
 from rich.console import Console
 
-from cnnlab.progress import Progress
+from cnnlab.records.progress import Progress
 
 
 def test_log_lines_count_epochs_from_one_and_show_no_rate_for_the_warm_up_window(caplog):
@@ -22,7 +22,7 @@ def test_log_lines_count_epochs_from_one_and_show_no_rate_for_the_warm_up_window
 
 def test_the_bar_shows_the_recent_rate_only(monkeypatch):
     times = iter([0.0, 100.0, 101.0])  # a slow first window (warm-up), then 10 steps in 1 s
-    monkeypatch.setattr("cnnlab.progress.time.perf_counter", lambda: next(times))
+    monkeypatch.setattr("cnnlab.records.progress.time.perf_counter", lambda: next(times))
     p = Progress(100, log_every=10, epochs=2, console=Console(file=io.StringIO()))
     assert p.rate(10, 128) == ""
     assert p.rate(20, 128) == "1,280 img/s"

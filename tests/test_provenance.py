@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 import torch
 
-from cnnlab import checkpoint, provenance
-from cnnlab.callbacks import read_status, write_status
 from cnnlab.data import loader
-from cnnlab.provenance import code_version, mixed_code
+from cnnlab.records import checkpoint, provenance
+from cnnlab.records.provenance import code_version, mixed_code
+from cnnlab.records.status import read_status, write_status
+from cnnlab.records.tracking import NullLogger
 from cnnlab.report import report
-from cnnlab.tracking import NullLogger
 from cnnlab.training.stop import Interrupted, stop
 from tests.conftest import ROOT, run_app
 from tests.test_report import make_run
@@ -132,7 +132,7 @@ def test_code_version_without_git_is_none_and_never_fails(tmp_path: Path, monkey
 
 
 def test_importing_it_does_not_import_torch() -> None:
-    code = "import sys, cnnlab.provenance; assert 'torch' not in sys.modules"
+    code = "import sys, cnnlab.records.provenance; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 

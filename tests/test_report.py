@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cnnlab.callbacks import write_status
 from cnnlab.errors import DataError, UserError
+from cnnlab.records.status import write_status
 from cnnlab.report import load_runs, main, report
 from cnnlab.training.stop import Interrupted
 from cnnlab.training.trainer import DivergenceError
@@ -444,7 +444,7 @@ def test_figures_stay_bounded_with_many_settings(tmp_path: Path) -> None:
 
 def test_the_results_preset_is_the_readme_grid() -> None:
     """experiment=degradation_mnist (README, Results): depth 20/56 x plain/residual, 4 jobs."""
-    from cnnlab.sweep import hydra_grid
+    from cnnlab.sweeps.wandb_yaml import hydra_grid
 
     jobs, _ = hydra_grid(["experiment=degradation_mnist"])
     assert sorted(sorted(job) for job in jobs) == sorted(

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnlab import checkpoint
-from cnnlab.callbacks import read_status
 from cnnlab.errors import CheckpointError
+from cnnlab.records import checkpoint
+from cnnlab.records.status import read_status
 from cnnlab.report import load_runs
 from cnnlab.training.trainer import truncate_history
 from tests.conftest import ROOT, cli, run_app
@@ -142,25 +142,6 @@ def test_truncate_history_keeps_rows_up_to_the_checkpoint(tmp_path):
     path.write_text('{"step": 10}\n{"step": 20}\n{"step": 30}\n{"st')  # the last line was cut by a kill
     truncate_history(path, 20)
     assert path.read_text() == '{"step": 10}\n{"step": 20}\n'
-
-
-def test_checkpoints_of_cnnlab_0_1_compare_by_their_result_keys(tmp_path):
-    """0.1 kept runtime keys under trainer and had dataset.augment: null; neither is a different result."""
-    from cnnlab.resume import check_same_run
-
-    old = {"trainer": {"epochs": 5, "device": "cpu", "threads": 2}, "dataset": {"augment": None}, "seed": 0}
-    now = {
-        "trainer": {"epochs": 5, "overfit_batches": 0},
-        "runtime": {"device": "auto", "threads": None},
-        "dataset": {"augment": {"pad": 0, "flip": False}},
-        "seed": 0,
-    }
-    check_same_run(old, now, tmp_path / "checkpoints" / "last.pt")
-    augmented = {**now, "dataset": {"augment": {"pad": 4, "flip": False}}}
-    with pytest.raises(CheckpointError, match="dataset.augment.pad: '<unset>' in the checkpoint, 4 now"):
-        check_same_run(old, augmented, tmp_path / "checkpoints" / "last.pt")
-    with pytest.raises(CheckpointError, match="trainer.epochs: 5 in the checkpoint, 6 now"):
-        check_same_run(old, {**now, "trainer": {"epochs": 6}}, tmp_path / "checkpoints" / "last.pt")
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from cnnlab.callbacks import write_status
+from cnnlab.records.status import write_status
 from cnnlab.report import report
 from cnnlab.report.runs import load_runs
 from cnnlab.report.search import command, load_search
@@ -110,7 +110,7 @@ def test_job_dirs_are_numbered_by_trial_so_a_continued_study_adds_dirs() -> None
     from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
     from optuna.distributions import UniformDistribution
 
-    from cnnlab.search import TrialDirs
+    from cnnlab.sweeps.search import TrialDirs
 
     TrialDirs().on_multirun_start(OmegaConf.create())
     TrialDirs().on_multirun_start(OmegaConf.create())  # patches once

@@ -17,9 +17,10 @@ import yaml
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
-from cnnlab.callbacks import JobFailed, JobStatusCallback, print_summary, read_status
 from cnnlab.errors import ConfigError, UserError
-from cnnlab.sweep import hydra_grid, main, sweep_config
+from cnnlab.records.status import read_status, write_status
+from cnnlab.sweeps.callbacks import JobFailed, JobStatusCallback, print_summary
+from cnnlab.sweeps.wandb_yaml import hydra_grid, main, sweep_config
 from tests.conftest import cli, make_config
 
 TINY = ["trainer.max_steps=2", "runtime.threads=1", "runtime.figures=false", "runtime.checkpoint=false"]
@@ -192,9 +193,10 @@ def test_wandb_agent_command_runs_one_job_and_joins_the_agents_run(tmp_path: Pat
     assert [p.name.rsplit("-", 1)[-1] for p in (metrics_path.parent / "wandb").glob("offline-run-*")] == ["agentrun01"]
 
 
-def test_job_status_callback_records_failures_in_a_form_a_worker_can_send_back(
+def test_job_status_callback_sends_failures_back_in_a_form_a_worker_can_pickle(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """The job writes its own status.json; the callback only makes its exception safe to send to the sweep."""
     callback = JobStatusCallback()
 
     class Unpicklable(Exception):
@@ -204,20 +206,15 @@ def test_job_status_callback_records_failures_in_a_form_a_worker_can_send_back(
     errors = [RuntimeError("kernel died"), Unpicklable(1, 2), ConfigError("optimizer.lr", -1, "a positive number")]
     returns = []
     for num, error in enumerate(errors):
-        config = OmegaConf.create(
-            {"hydra": {"runtime": {"output_dir": str(tmp_path / str(num))}, "overrides": {"task": [f"seed={num}"]}}}
-        )
+        config = OmegaConf.create({"hydra": {"runtime": {"output_dir": str(tmp_path / str(num))}}})
         (tmp_path / str(num) / ".hydra").mkdir(parents=True)
         (tmp_path / str(num) / ".hydra" / "overrides.yaml").write_text(f"- seed={num}\n")
-        callback.on_job_start(config, task_function=None)
-        assert read_status(tmp_path / str(num))["status"] == "running"
+        write_status(tmp_path / str(num), "failed", [f"seed={num}"], error)
         job_return = JobReturn(status=JobStatus.FAILED)
         job_return.return_value = error
         callback.on_job_end(config, job_return=job_return)
         returns.append(job_return._return_value)
-        status = read_status(tmp_path / str(num))
-        assert status["status"] == "failed" and status["overrides"] == [f"seed={num}"]
-        assert status["error"] == f"{type(error).__name__}: {error}"
+        assert read_status(tmp_path / str(num))["error"] == f"{type(error).__name__}: {error}"  # untouched
     assert returns[0] is errors[0]  # picklable and unexpected: Hydra reports it with its traceback
     assert isinstance(returns[1], JobFailed) and str(pickle.loads(pickle.dumps(returns[1]))) == "Unpicklable: 1 and 2"
     assert isinstance(returns[2], JobFailed) and "optimizer.lr=-1" in str(returns[2])  # a UserError: one line
@@ -231,7 +228,7 @@ def test_jobs_of_a_multirun_share_a_wandb_group_and_get_readable_names_and_tags(
     from hydra.types import RunMode
     from omegaconf import open_dict, read_write
 
-    from cnnlab.run import run_info
+    from cnnlab.app.run import run_info
     from cnnlab.tasks.publish import run_name
 
     overrides = ["model=resnet", "model.depth=56", "model.residual=false", "seed=1", f"paths.output_dir={tmp_path}"]

@@ -14,10 +14,12 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from cnnlab import sweep_resume
-from cnnlab.callbacks import print_summary, read_status, write_status
+from cnnlab.app import resume as run_resume
 from cnnlab.errors import UserError
+from cnnlab.records.status import read_status, write_status
 from cnnlab.report import load_runs, report
+from cnnlab.sweeps import resume as sweep_resume
+from cnnlab.sweeps.callbacks import print_summary
 from tests.conftest import ROOT, cli, run_app
 from tests.test_resume import RUN as SINGLE_RUN
 from tests.test_resume import assert_same_run
@@ -208,9 +210,9 @@ def test_what_each_job_of_a_resumed_sweep_does(tmp_path: Path, status: str, file
     for name in files:
         (job / name).parent.mkdir(parents=True, exist_ok=True)
         (job / name).write_text("x")
-    assert sweep_resume.action(job, [*JOBS[0], *RUN, "runtime.resume=auto"], read_status(job)) == expected
-    assert sweep_resume.action(job, [*JOBS[1], *RUN], read_status(job)) == "mismatch"
-    assert sweep_resume.action(tmp_path / "sweep" / "1", [*JOBS[1], *RUN], None) == "start"  # never started
+    assert run_resume.action(job, [*JOBS[0], *RUN, "runtime.resume=auto"], read_status(job)) == expected
+    assert run_resume.action(job, [*JOBS[1], *RUN], read_status(job)) == "mismatch"
+    assert run_resume.action(tmp_path / "sweep" / "1", [*JOBS[1], *RUN], None) == "start"  # never started
 
 
 def test_a_job_started_again_drops_what_the_failed_attempt_left(tmp_path: Path) -> None:
@@ -218,7 +220,7 @@ def test_a_job_started_again_drops_what_the_failed_attempt_left(tmp_path: Path) 
     for name in ("metrics.json", "history.jsonl", "checkpoints/last.pt"):
         (job / name).parent.mkdir(parents=True, exist_ok=True)
         (job / name).write_text("x")
-    sweep_resume.prepare(job, "start")
+    run_resume.clear(job)
     assert not (job / "metrics.json").exists() and not (job / "history.jsonl").exists()
     assert not (job / "checkpoints").exists() and (job / ".hydra" / "overrides.yaml").is_file()
     # a job that never started: the config Hydra wrote to .hydra/resume/ is how it started
@@ -226,7 +228,7 @@ def test_a_job_started_again_drops_what_the_failed_attempt_left(tmp_path: Path) 
     fresh.mkdir(parents=True)
     (fresh / "overrides.yaml").write_text(yaml.safe_dump([*JOBS[3], "runtime.resume=auto"]))
     (fresh / "config.yaml").write_text("seed: 1\n")
-    sweep_resume.prepare(fresh.parent.parent, "start")
+    run_resume.clear(fresh.parent.parent)
     assert OmegaConf.to_container(OmegaConf.load(fresh.parent / "overrides.yaml")) == JOBS[3]
     assert (fresh.parent / "config.yaml").is_file() and not fresh.exists()
 
@@ -273,8 +275,8 @@ def test_the_same_grid_is_found_for_auto(tmp_path: Path) -> None:
     config.hydra.overrides.task += ["runtime.threads=2", "launcher=joblib", "runtime.resume=auto"]
     config.paths = {"output_dir": str(tmp_path)}
     assert sweep_resume.find_sweep(config) == newer
-    expected = [sweep_resume.comparable([*job, *RUN]) for job in JOBS]
-    assert [sweep_resume.comparable(job) for job in sweep_resume.grid(config)] == expected
+    expected = [run_resume.comparable([*job, *RUN]) for job in JOBS]
+    assert [run_resume.comparable(job) for job in sweep_resume.grid(config)] == expected
     config.hydra.overrides.task[0] = "seed=0,1,2"
     with pytest.raises(UserError, match="no sweep under"):
         sweep_resume.find_sweep(config)

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from cnnlab import checkpoint
-from cnnlab.config import RuntimeConfig, TrainerConfig
+from cnnlab.config.schema import RuntimeConfig, TrainerConfig
 from cnnlab.models.resnet import ResNet
+from cnnlab.records import checkpoint
 from cnnlab.training.trainer import Trainer
 from tests.conftest import run_app, write_cifar10
 
@@ -175,7 +175,7 @@ def test_eval_test_adds_test_curves_without_changing_the_choice(tmp_path):
 
 
 def test_figures_name_their_run_and_the_run_dir_is_printed_whole(tmp_path, monkeypatch, capsys):
-    from cnnlab import figures
+    from cnnlab.records import figures
 
     titles = {}
     real_curves, real_matrix = figures.training_curves, figures.confusion_matrix

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cnnlab.config import MAP_BASELINES, MAP_METHODS
+from cnnlab.config.schema import MAP_BASELINES, MAP_METHODS
 from cnnlab.models.resnet import ResNet
 from cnnlab.vision import METHODS, make_method
 from cnnlab.vision.canvas_eval import SharedPass

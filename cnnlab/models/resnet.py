@@ -3,20 +3,17 @@
 depth = 6n + 2: a 3x3 `stem` conv, three stages `stage1..3` of n basic blocks with width, 2*width and 4*width
 channels (stride 2 at the first block of stages 2 and 3), global average `pool` and one linear layer `fc`.
 Class-map methods choose a layer by name: `stem`, `stage2`, `stage3.1` (a block), `stage2.0.bn2`, ...
-Checkpoints written before the parts had names (one `features` Sequential) load: their keys are renamed.
 """
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab.config import depth_allowed, nearest_depths
+from cnnlab.config.schema import depth_allowed, nearest_depths
 from cnnlab.errors import BadArgument
 
 SHORTCUTS = ("A", "B", "C")
@@ -116,7 +113,6 @@ class ResNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(cin, num_classes)
         self.stride = 4  # input pixels per cell of the last feature maps
-        self.register_load_state_dict_pre_hook(self._rename_old_keys)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -135,26 +131,3 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
-
-    def upgrade_state_dict(self, weights: dict[str, Any]) -> dict[str, Any]:
-        """Weights with the keys of this layout; those of the unnamed `features` Sequential are renamed.
-
-        features.0 was the stem conv, features.1 its norm, features.2 its ReLU, features.3+ the blocks (n a stage).
-        """
-
-        def rename(key: str) -> str:
-            found = re.match(r"features\.(\d+)\.(.*)", key)
-            if not found:
-                return key
-            index, rest = int(found.group(1)), found.group(2)
-            if index < 3:
-                return f"stem.{('conv', 'bn', 'relu')[index]}.{rest}"
-            stage, block = divmod(index - 3, self.n)
-            return f"stage{stage + 1}.{block}.{rest}"
-
-        return {rename(k): v for k, v in weights.items()}
-
-    def _rename_old_keys(self, module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
-        """load_state_dict pre-hook: checkpoints of the old layout load too (evaluate, localize, cam, resume)."""
-        own = {k[len(prefix) :]: state_dict.pop(k) for k in list(state_dict) if k.startswith(prefix)}
-        state_dict.update({prefix + k: v for k, v in self.upgrade_state_dict(own).items()})

@@ -1,7 +1,7 @@
 """`cnnlab report <dir>`: a sweep's run dirs -> results.md, figures/*.png and the same table in the terminal.
 
 A run dir is any folder under <dir> holding .hydra/overrides.yaml: the jobs of a Hydra multirun, or the runs
-W&B sweep agents wrote under one output dir. Each is read with its status.json (see cnnlab.callbacks):
+W&B sweep agents wrote under one output dir. Each is read with its status.json (see cnnlab.sweeps.callbacks):
 - completed: metrics.json has test_acc; these make the table;
 - failed: status failed, with its error, or diverged (the loss became NaN), with the step and the error;
 - unfinished: still running, killed (no status.json, or one still saying running), or interrupted by SIGTERM

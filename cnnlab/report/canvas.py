@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab import figures
+from cnnlab.records import figures
 
 TASKS = ("localize", "cam")
 METRICS = (

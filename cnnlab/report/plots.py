@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from cnnlab.figures import pyplot, save_figure
+from cnnlab.records.figures import pyplot, save_figure
 from cnnlab.report.runs import Run
 from cnnlab.report.table import Row, Table, setting_label
 

@@ -9,8 +9,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab.callbacks import sweep_statuses
-from cnnlab.sweep_resume import MULTIRUN_FILE, not_started
+from cnnlab.sweeps.callbacks import sweep_statuses
+from cnnlab.sweeps.resume import MULTIRUN_FILE, not_started
 
 
 @dataclass

@@ -4,7 +4,7 @@ A sweep is a search when its jobs ran under hydra-optuna-sweeper (their .hydra/h
 sweeper). The section lists the trials best first by the value the sweeper optimized (the task's monitor,
 e.g. val_acc, in the study's direction), gives the best trial as a command line that runs it again, and draws
 the value over trials with the best so far (figures/search.png). Job dir names are trial numbers
-(cnnlab.search.TrialDirs), so a study continued in its sweep dir is reported whole.
+(cnnlab.sweeps.search.TrialDirs), so a study continued in its sweep dir is reported whole.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab.figures import pyplot, save_figure
+from cnnlab.records.figures import pyplot, save_figure
 from cnnlab.report.runs import Run
 
 FIGURE = "search.png"

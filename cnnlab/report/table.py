@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cnnlab.config import defines_result
-from cnnlab.provenance import mixed_code
+from cnnlab.config.schema import defines_result
+from cnnlab.records.provenance import mixed_code
 from cnnlab.report import paper
 from cnnlab.report.runs import Run
 

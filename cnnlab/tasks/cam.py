@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from cnnlab import figures
-from cnnlab.config import CANVAS_METRICS
+from cnnlab.config.schema import CANVAS_METRICS
 from cnnlab.data.canvas import Canvases
 from cnnlab.errors import ConfigError
+from cnnlab.records import figures
 from cnnlab.tasks.context import Context, TaskResult
 from cnnlab.tasks.parts import (
     background_index,
@@ -82,7 +82,7 @@ def box_rule(task: DictConfig, threshold: float, classes: int, background: int |
         raise ConfigError("task.class_index", index, f"null (predicted) or 0..{classes - 1}", "task.class_index=null")
     keys = ("pooling", "window", "topk", "cell_center", "iou")
     faithful = int(task.faithfulness_count) if task.get("faithfulness", False) else 0
-    steps = int(task.get("faithfulness_steps", 16))
+    steps = int(task.faithfulness_steps)
     return BoxRule(
         digits=int(task.canvas.digits),
         class_index=index,

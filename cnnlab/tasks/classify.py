@@ -6,8 +6,8 @@ import logging
 import time
 from typing import Any
 
-from cnnlab import checkpoint, figures
-from cnnlab.results import confusion
+from cnnlab.records import checkpoint, figures
+from cnnlab.records.results import confusion
 from cnnlab.tasks.context import Context, TaskResult
 from cnnlab.tasks.parts import boundary, build, build_loaders, class_names, history, typed
 from cnnlab.tasks.publish import run_name, run_provenance, settings

@@ -9,12 +9,12 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab.tracking import NullLogger
+from cnnlab.records.tracking import NullLogger
 
 
 @dataclass(frozen=True)
 class RunInfo:
-    """What Hydra knows about this run, read once by the app (cnnlab.run.run_info) and passed down."""
+    """What Hydra knows about this run, read once by the app (cnnlab.app.run.run_info) and passed down."""
 
     run_dir: Path
     overrides: tuple[str, ...] = ()

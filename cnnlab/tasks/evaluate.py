@@ -6,9 +6,9 @@ import logging
 
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab import figures
-from cnnlab.config import RuntimeConfig, TrainerConfig
-from cnnlab.results import class_table, confusion, per_class
+from cnnlab.config.schema import RuntimeConfig, TrainerConfig
+from cnnlab.records import figures
+from cnnlab.records.results import class_table, confusion, per_class
 from cnnlab.tasks.context import Context, TaskResult
 from cnnlab.tasks.parts import boundary, build_loaders, class_names, restore_model, trained_dataset
 from cnnlab.tasks.publish import run_name, settings
@@ -70,9 +70,6 @@ def trained_precision(ctx: Context, saved: DictConfig) -> TrainerConfig:
 
 
 def layout(ctx: Context, saved: DictConfig) -> RuntimeConfig:
-    """Layout and eval batch of training (checkpoints of 0.1 kept them under trainer), unless set here."""
-    values = {}
-    for key in LAYOUT:
-        old = saved.get("runtime", {}).get(key, saved.trainer.get(key))
-        values[key] = ctx.cfg.runtime[key] if ctx.info.on_command_line(f"runtime.{key}") or old is None else old
-    return RuntimeConfig(**values)
+    """Layout and eval batch of training, unless this command line sets them."""
+    mine = {key: ctx.info.on_command_line(f"runtime.{key}") for key in LAYOUT}
+    return RuntimeConfig(**{key: (ctx.cfg if mine[key] else saved).runtime[key] for key in LAYOUT})

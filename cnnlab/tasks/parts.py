@@ -17,12 +17,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab import checkpoint
-from cnnlab.config import RuntimeConfig, TrainerConfig
+from cnnlab.config.schema import RuntimeConfig, TrainerConfig
 from cnnlab.data import sources
 from cnnlab.data.canvas import MNIST_FAMILY, Canvases, background_patches, check_canvas_config, make_canvases
 from cnnlab.data.loader import DeviceLoader, split_train_val
 from cnnlab.errors import BadArgument, ConfigError, DataError, UserError
+from cnnlab.records import checkpoint
 from cnnlab.tasks.context import RunInfo
 
 
@@ -208,7 +208,7 @@ def restore_model(reference: str | None, device: torch.device, run_dir: Path) ->
             "checkpoint=outputs/<run>/checkpoints/best.pt",
         )
     if str(reference).startswith("wandb:"):
-        from cnnlab.tracking import fetch_artifact
+        from cnnlab.records.tracking import fetch_artifact
 
         path = fetch_artifact(str(reference), run_dir / "artifacts")
     else:
@@ -217,7 +217,7 @@ def restore_model(reference: str | None, device: torch.device, run_dir: Path) ->
     saved = OmegaConf.create(state["config"])
     model = instantiate(saved.model)
     checkpoint.check_fits(model, state["model"], path)
-    model.load_state_dict(state["model"])  # the model renames keys of checkpoints older than its named parts
+    model.load_state_dict(state["model"])
     return model.to(device), saved, state
 
 

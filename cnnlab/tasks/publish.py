@@ -7,8 +7,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from cnnlab.provenance import provenance
-from cnnlab.results import flat, print_table, write_json
+from cnnlab.records.provenance import provenance
+from cnnlab.records.results import flat, print_table, write_json
 from cnnlab.tasks.context import Context, TaskResult
 
 

@@ -59,16 +59,5 @@ class TrainState:
 
     @classmethod
     def from_checkpoint(cls, saved: dict[str, Any], device: torch.device) -> TrainState:
-        """The state in a checkpoint; also reads the layout of cnnlab 0.1 (progress, window, best_model)."""
-        if "train_state" in saved:
-            values = saved["train_state"]
-        else:
-            window = saved.get("window", {})
-            values = {
-                "last_eval": saved["progress"]["step"],
-                **saved["progress"],
-                "best_model": saved.get("best_model"),
-                **window,
-            }
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names}).to(device)
+        """The state a checkpoint holds (train_state)."""
+        return cls(**saved["train_state"]).to(device)

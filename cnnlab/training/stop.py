@@ -34,7 +34,7 @@ class Interrupted(KeyboardInterrupt):
 
     def __init__(self, signal_name: str, step: int | None = None, checkpoint: str | None = None) -> None:
         self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
-        self.resume_command: str | None = None  # filled in by cnnlab.run, which knows the overrides
+        self.resume_command: str | None = None  # filled in by cnnlab.app.run, which knows the overrides
         self.exit_code = 128 + int(getattr(signal, signal_name, signal.SIGINT))
         where = f" at step {step}" if step is not None else ""
         saved = f"; checkpoint written to {checkpoint}" if checkpoint else ""

@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab import checkpoint
-from cnnlab.config import RuntimeConfig, TrainerConfig
+from cnnlab.config.schema import RuntimeConfig, TrainerConfig
 from cnnlab.data.loader import DeviceLoader
 from cnnlab.errors import UserError
-from cnnlab.progress import Progress
-from cnnlab.tracking import NullLogger
+from cnnlab.records import checkpoint
+from cnnlab.records.progress import Progress
+from cnnlab.records.tracking import NullLogger
 from cnnlab.training import hardware
 from cnnlab.training.profile import profiler
 from cnnlab.training.state import TrainState

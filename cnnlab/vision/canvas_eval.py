@@ -23,7 +23,7 @@ from torchvision.ops import box_iou
 
 from cnnlab.data.canvas import Canvases
 from cnnlab.data.loader import DeviceLoader
-from cnnlab.results import class_name
+from cnnlab.records.results import class_name
 from cnnlab.vision.boxes import Detections, detect, peak_point, pool_scores
 from cnnlab.vision.faithfulness import Faithfulness, Scorer
 from cnnlab.vision.maps import ClassMapMethod, ClassMaps, normalize_per_image, upsample_cells
@@ -35,6 +35,7 @@ class BoxRule:
     """How maps become a class and boxes."""
 
     threshold: float  # a box: a component above this fraction of the map's maximum
+    steps: int  # faithfulness's deletion and insertion steps
     digits: int = 1  # boxes per canvas
     pooling: str = "window"
     window: int = 5
@@ -43,7 +44,6 @@ class BoxRule:
     iou: float = 0.5  # a box is correct at IoU >= this with a true box of its class
     class_index: int | None = None  # explain this class on every image; None: the predicted one
     faithful: int = 0  # the first images scored for faithfulness (deletion, insertion, drop); 0: none
-    steps: int = 16  # deletion and insertion steps
     background: int | None = None  # the index of the model's background class (its last output), if it has one
 
 

@@ -112,7 +112,7 @@ def drop_and_increase(y: Tensor, o: Tensor) -> tuple[Tensor, Tensor]:
 class Faithfulness:
     """Accumulates per-image faithfulness over batches; `summary()` gives the metrics (KEYS)."""
 
-    steps: int = 16
+    steps: int  # deletion and insertion steps
     values: dict[str, list[Tensor]] = field(default_factory=lambda: {k: [] for k in KEYS})
 
     def add(self, score: Scorer, x: Tensor, heat: Tensor, classes: Tensor, black: Tensor) -> None:

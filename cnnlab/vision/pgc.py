@@ -15,9 +15,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from cnnlab.config import MAP_BASELINES, MAP_METHODS
 from cnnlab.errors import BadArgument
+from cnnlab.vision.baselines import BASELINES
 from cnnlab.vision.maps import ClassMapMethod, ClassMaps
+from cnnlab.vision.methods import OWN
 
 PREFIX = "pgc:"
 INSTALL = 'pip install -e ".[cam]"'
@@ -51,7 +52,7 @@ class LibraryMethod(ClassMapMethod):
         methods = library_methods(PREFIX + name)
         if name not in methods:
             theirs = ", ".join(PREFIX + n for n in sorted(methods))
-            ours = ", ".join(MAP_METHODS + MAP_BASELINES)
+            ours = ", ".join(m.name for m in (*OWN, *BASELINES))
             raise BadArgument(
                 "method", PREFIX + name, f"pytorch-grad-cam's {theirs}; or cnnlab's {ours}", "pgc:GradCAM"
             )

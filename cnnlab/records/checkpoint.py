@@ -20,7 +20,7 @@ import torch
 
 from cnnlab.errors import CheckpointError
 
-FORMAT = "cnnlab-checkpoint-1"
+FORMAT = "cnnlab-checkpoint-2"  # the layout of what save() writes; another number is refused
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # terminal colour codes (torch's weights_only error embeds some)
 
 
@@ -41,7 +41,7 @@ def save(state: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist. Pass checkpoint=<run dir>/checkpoints/best.pt")
@@ -51,7 +51,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
             "tensors); refused to load it. Use another checkpoint, e.g. <run dir>/checkpoints/best.pt."
         )
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"refused to load {path}: it holds objects other than tensors and plain values, which could run "
@@ -59,9 +59,21 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
         ) from e
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
         raise CheckpointError(f"{path} is truncated or corrupt and cannot be read ({e}).") from e
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    found = state.get("format") if isinstance(state, dict) else None
+    if isinstance(found, str) and found.startswith("cnnlab-checkpoint-") and found != FORMAT:
+        raise CheckpointError(
+            f"{path} is a checkpoint of format {found}, and this cnnlab reads {FORMAT}: train the model again "
+            "with this version, or load it with the cnnlab version that wrote it."
+        )
+    if found != FORMAT:
         raise CheckpointError(f"{path} is not a cnnlab checkpoint (no '{FORMAT}' marker).")
     return state
+
+
+def header(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's plain values (config, format, steps) without reading its tensors: they are mapped from the
+    file, not loaded (the checks before a run, which then loads the checkpoint once)."""
+    return load(path, mmap=True)
 
 
 def _refusal_reason(error: Exception) -> str:
@@ -98,8 +110,6 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 def check_fits(model: torch.nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:
     """Say what differs when weights do not fit a model (depth, width, shortcut, classes...)."""
-    upgrade = getattr(model, "upgrade_state_dict", None)  # a model may rename the keys of its older checkpoints
-    weights = upgrade(weights) if callable(upgrade) else weights
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in weights.items()}
     missing, extra = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())

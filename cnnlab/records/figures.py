@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from cnnlab.results import class_name
+from cnnlab.records.results import class_name
 
 PANEL_IN = 1.9  # inches per image panel, whatever the pixel size (32 px CIFAR and 128 px canvases alike)
 CAPTION_PT = 7.0

@@ -39,7 +39,7 @@ def provenance(device: Any = None, previous: dict[str, Any] | None = None) -> di
 @cache
 def _package_code() -> dict[str, Any]:
     """The code of this process: the checkout cnnlab lives in (the folder above the package; editable installs)."""
-    return code_version(Path(__file__).resolve().parents[1])
+    return code_version(Path(__file__).resolve().parents[2])
 
 
 def code_version(root: Path) -> dict[str, Any]:

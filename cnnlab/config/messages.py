@@ -1,16 +1,57 @@
 """Hydra's composition errors (a wrong type, an unknown key or group option) as cnnlab's one-line ConfigError.
 
-The schemas in cnnlab.config make Hydra refuse such values while it composes; `explain` reads Hydra's error
-and says what was wrong, what the schema allows, and an override that fixes it. `renamed` keeps the keys that
-moved from trainer to runtime in 0.2 working on the command line.
+The schemas in cnnlab.config.schema make Hydra refuse such values while it composes; `explain` reads Hydra's error
+and says what was wrong, what the schema allows, and an override that fixes it (the closest name, or nothing
+when none is close). The text of every config error is made here.
 """
 
 import difflib
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from typing import Any
 
-from cnnlab.config import SCHEMAS, Config, dataclass_in, error_for, fix_value, option_of, yaml_text
+from cnnlab.config.schema import SCHEMAS, Config, dataclass_in, option_of
 from cnnlab.errors import ConfigError, UserError
+
+
+def error_for(key: str, value: Any, f: Any, wrong_type: bool = False) -> ConfigError:
+    """The ConfigError for a value of schema field `f`: its range, the type too when the type was wrong."""
+    allowed = f.metadata.get("allowed", type_text(f.type))
+    allowed = allowed(value) if callable(allowed) else allowed
+    words = ("integer", "number", "true or false", "text")
+    if wrong_type and allowed != type_text(f.type) and not any(w in allowed for w in words):
+        allowed = f"{type_text(f.type)}: {allowed}"  # the range alone would not say the type
+    return ConfigError(key, value, allowed, f"{key}={yaml_text(fix_value(f, value))}")
+
+
+def fix_value(f: Any, value: Any) -> Any:
+    fix = f.metadata.get("fix", MISSING)
+    if callable(fix):
+        return fix(value)
+    if fix is not MISSING:
+        return fix
+    return f.default_factory() if f.default is MISSING and f.default_factory is not MISSING else f.default
+
+
+def yaml_text(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ",".join(yaml_text(v) for v in value) + "]"
+    return str(value)
+
+
+def type_text(annotation: Any) -> str:
+    text = str(annotation)
+    node = dataclass_in(annotation)
+    if node is not None:  # e.g. dataset.augment: {pad:0,flip:false} or null
+        inner = ",".join(f"{f.name}:{yaml_text(fix_value(f, None))}" for f in fields(node))
+        return "{" + inner + "}" + (" or null" if "Optional" in text else "")
+    for name, words in (("bool", "true or false"), ("int", "an integer"), ("float", "a number"), ("str", "text")):
+        if name in text:
+            return words + (" or null" if "Optional" in text else "")
+    return "a value of the right type"
 
 
 def schema_field(key: str, options: dict[str, str] | None = None) -> Any | None:
@@ -59,24 +100,42 @@ def keys_of(key: str, options: dict[str, str] | None = None) -> list[str]:
     return names
 
 
-# Keys that moved from trainer to runtime in 0.2 (the old names work until 0.3, with a warning).
-MOVED = {
-    f"trainer.{name}": f"runtime.{name}"
-    for name in ("device", "threads", "resume", "log_every", "eval_batch_size", "channels_last", "compile")
-    + ("checkpoint", "checkpoint_every", "figures")
-}
+def parsed_keys(overrides: list[str]) -> list[tuple[str, str]]:
+    """(key, override) of the overrides Hydra can parse (a malformed one is Hydra's own error to report)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    found = []
+    for line in overrides:
+        try:
+            found.append((parser.parse_override(line).key_or_group, line))
+        except OverrideParseException:
+            continue
+    return found
 
 
-def renamed(override: str) -> str | None:
-    """The override with a moved key renamed (trainer.device=cpu -> runtime.device=cpu), or None."""
-    prefix = override[: len(override) - len(override.lstrip("+~"))]
-    key, sep, value = override[len(prefix) :].partition("=")
-    return f"{prefix}{MOVED[key]}{sep}{value}" if key in MOVED else None
+def close_to(name: str, candidates: list[str]) -> str | None:
+    """The candidate closest to `name` as a whole (`-` and `_` equal, edit distance), or None when none is
+    close: a far-off name gets no suggestion."""
+
+    def plain(text: str) -> str:
+        return text.lower().replace("-", "_")
+
+    scored = [(difflib.SequenceMatcher(None, plain(name), plain(c)).ratio(), c) for c in candidates]
+    best = max(scored, default=(0.0, None))
+    return best[1] if best[0] >= 0.75 else None
+
+
+def elsewhere(key: str) -> list[str]:
+    """The groups whose options have a top-level key named like `key`'s leaf (trainer.lr: optimizer)."""
+    group, *path = key.split(".")
+    if len(path) != 1:
+        return []
+    return [g for g, options in SCHEMAS.items() if g != group and any(_field_at(s, path) for s in options.values())]
 
 
 def unknown_key(key: str, value: str, options: dict[str, str] | None = None) -> ConfigError:
-    if key in MOVED:
-        return ConfigError(key, value, f"it moved to {MOVED[key]}", f"{MOVED[key]}={value}")
     parent, name = key.rsplit(".", 1) if "." in key else ("", key)
     group = key.split(".")[0]
     chosen = (options or {}).get(group)
@@ -87,13 +146,17 @@ def unknown_key(key: str, value: str, options: dict[str, str] | None = None) -> 
         return ConfigError(key, value, f"{which} has no key {name!r}; it is a key of {others}",
                            f"{group}={owners[0]} {key}={value}")  # fmt: skip
     known = keys_of(key, options)
-    close = difflib.get_close_matches(name, known, n=1)
+    close = close_to(name, known)
     where = parent or "the top level"
+    homes = elsewhere(key) if close is None else []
+    if homes:  # trainer.lr, trainer.device: a key of another group
+        others = " and ".join(f"{g}.{name}" for g in homes)
+        return ConfigError(key, value, f"{where} has no key {name!r}; {others} has", f"{homes[0]}.{name}={value}")
     if not known:  # logger=none: a node without keys
         others = [o for o in SCHEMAS.get(group, {}) if o != chosen and keys_of(f"{group}.x", {group: o})]
         return ConfigError(key, value, f"{where} has no keys" + (f" with {group}={chosen}" if chosen else ""),
                            f"{group}={others[0]}" if others else None)  # fmt: skip
-    fix = f"{parent + '.' if parent else ''}" + (f"{close[0]}={value}" if close else f"{known[0]}=<value>")
+    fix = f"{parent + '.' if parent else ''}{close}={value}" if close else ""
     return ConfigError(key, value, f"{where} has no key {name!r}; its keys are {', '.join(known)}", fix)
 
 
@@ -153,7 +216,7 @@ def explain(error: BaseException, overrides: list[str]) -> UserError | None:
     from hydra.errors import MissingConfigException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
-    given = dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)
+    given = {k: line.split("=", 1)[1] for k, line in parsed_keys(overrides) if "=" in line}
     options = {k: v for k, v in given.items() if k in SCHEMAS}
     if isinstance(error, MissingConfigException) and str(error.missing_cfg_file) in PLUGINS:  # not installed
         package, extra = PLUGINS[str(error.missing_cfg_file)]
@@ -163,7 +226,8 @@ def explain(error: BaseException, overrides: list[str]) -> UserError | None:
     if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options:
         group, _, option = str(error.missing_cfg_file).rpartition("/")
         choices = sorted(o for o in error.options if not o.startswith("_"))
-        return ConfigError(group, option, f"one of {', '.join(choices)}", f"{group}={choices[0]}")
+        close = close_to(option, choices)
+        return ConfigError(group, option, f"one of {', '.join(choices)}", f"{group}={close}" if close else "")
     if isinstance(error, (AssertionError, AttributeError)) and "NoneType" in str(error):
         for key, value in given.items():
             if key.split(".")[0] in SCHEMAS and (mapped := below_null_node(key, value)):
@@ -176,6 +240,8 @@ def explain(error: BaseException, overrides: list[str]) -> UserError | None:
     composed = option_of(group, getattr(cause, "object_type", None))
     if composed is not None:  # the option Hydra composed (a default, an experiment's, or a multirun's base config)
         options[group] = composed
+    if key not in given:  # logger.watch.freq=abc where logger.watch does not exist: Hydra names the node
+        key = next((k for k in given if k.startswith(f"{key}.")), key)
     value = given.get(key, "")
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
         return unknown_key(key, value, options)

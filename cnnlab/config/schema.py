@@ -2,17 +2,17 @@
 
 Every YAML option under conf/ starts from its schema (`defaults: [/schema_<group>_<option>@_here_, _self_]`),
 so Hydra refuses a wrong type or an unknown key while it composes. Ranges live next to the types, as field
-metadata (`rule`), and `validate` checks all of them in one place; cnnlab.config_errors turns Hydra's
+metadata (`rule`), and `validate` checks all of them in one place; cnnlab.config.messages turns Hydra's
 composition errors into cnnlab's one-line ConfigError. Library code (models, data, training) raises plain
 ValueErrors; the boundary (cnnlab.tasks.parts) names the config key.
 """
 
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, is_dataclass
 from typing import Any, List, Optional, get_args  # noqa: UP035  (OmegaConf 2.3 reads typing generics, not int | None)
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.errors import ConfigError
 
@@ -220,7 +220,7 @@ class RuntimeConfig:
 
 @dataclass
 class NullLoggerConfig:
-    _target_: str = "cnnlab.tracking.NullLogger"
+    _target_: str = "cnnlab.records.tracking.NullLogger"
 
 
 @dataclass
@@ -231,7 +231,7 @@ class WatchConfig:
 
 @dataclass
 class WandbLoggerConfig:
-    _target_: str = "cnnlab.tracking.WandbLogger"
+    _target_: str = "cnnlab.records.tracking.WandbLogger"
     mode: str = rule("offline", *one_of("offline", "online", "disabled"))
     project: str = "cnnlab"
     entity: Optional[str] = None
@@ -259,18 +259,10 @@ METHOD_ALLOWED = (
     f"one of {', '.join(MAP_METHODS)}; the baselines {', '.join(MAP_BASELINES)}; or pgc:<Name> for a method of "
     'pytorch-grad-cam (e.g. pgc:ScoreCAM, pgc:HiResCAM; pip install -e ".[cam]")'
 )
-LAYER_ALLOWED = (
-    "null (the method's default: the last maps, stage3) or a layer name: stem, stage1, stage2, stage3, a block "
-    "(stage3.0) or any submodule (stage2.0.bn2); integers indexed the old unnamed layers, -1 is now stage3"
-)
 
 
 def _method_ok(value: Any) -> bool:
     return value in MAP_METHODS + MAP_BASELINES or bool(re.fullmatch(r"pgc:[A-Za-z_][A-Za-z0-9_]*", str(value)))
-
-
-def _layer_ok(value: Any) -> bool:
-    return value is None or not re.fullmatch(r"-?\d+", str(value))
 
 
 @dataclass
@@ -313,14 +305,16 @@ class LocalizeConfig:
     topk: int = rule(16, *POSITIVE)
     threshold: Optional[float] = rule(  # box = components above this fraction of the map's maximum
         None,
-        "null (the method's own: 0.3 for the fully-conv score maps, 0.5 for the others) or a fraction in (0, 1]",
+        "null (the method's own box threshold) or a fraction in (0, 1]",
         lambda v: v is None or 0 < v <= 1,
     )
     iou: float = rule(0.5, *FRACTION)
     batch_size: int = rule(50, *POSITIVE)
     figure_count: int = rule(16, *POSITIVE)
     method: str = rule("fully-conv", METHOD_ALLOWED, _method_ok)
-    layer: Optional[str] = rule(None, LAYER_ALLOWED, _layer_ok, "stage3")
+    # null (the method's default, the last maps) or a layer name (stem, stage2, stage3.0, stage2.0.bn2, ...):
+    # checked against the model's own layers once the checkpoint is read
+    layer: Optional[str] = None
     faithfulness: bool = True  # deletion/insertion AUC, Average Drop, Increase in Confidence (vision.faithfulness)
     faithfulness_count: int = rule(32, *POSITIVE)  # the first images scored: each costs 2 (steps + 1) passes
     faithfulness_steps: int = rule(8, *POSITIVE)
@@ -394,7 +388,10 @@ GROUPS = tuple(SCHEMAS)
 
 # How and where this machine runs a job, not what it computes: resume lets these change, the report does not
 # group runs by them.
-NOT_THE_RESULT = ("runtime", "logger", "paths", "dataset.root", "dataset.download", "dataset.classes", "checkpoint")
+NOT_THE_RESULT = (
+    *("runtime", "logger", "paths", "launcher", "hydra"),
+    *("dataset.root", "dataset.download", "dataset.classes", "checkpoint"),
+)
 
 
 def defines_result(key: str) -> bool:
@@ -438,85 +435,3 @@ def register() -> None:
 def dataclass_in(annotation: Any) -> type | None:
     """The schema of a nested node: the annotation itself or the T of Optional[T] (dataset.augment)."""
     return next((t for t in (annotation, *get_args(annotation)) if isinstance(t, type) and is_dataclass(t)), None)
-
-
-# ---------------------------------------------------------------- validation: ranges, in one place
-
-
-def validate(cfg: DictConfig) -> None:
-    """Check every value against its schema's range; raise the first ConfigError found."""
-    for problem in problems(cfg):
-        raise problem
-
-
-def problems(cfg: DictConfig) -> Iterator[ConfigError]:
-    yield from _check_node(cfg, "", Config)
-    for group in GROUPS:
-        node = cfg.get(group)
-        schema = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
-        if schema is not None and is_dataclass(schema):
-            yield from _check_node(node, f"{group}.", schema)
-
-
-def _check_node(node: DictConfig, prefix: str, schema: type) -> Iterator[ConfigError]:
-    from cnnlab.config_errors import unknown_key  # says which option of the group has the key
-
-    known = {f.name for f in fields(schema)} | ({"hydra"} if schema is Config else set())
-    for extra in (k for k in node if k not in known and not str(k).startswith("_")):  # added with +key=
-        yield unknown_key(f"{prefix}{extra}", yaml_text(node._get_node(extra)._value()))
-    for f in fields(schema):
-        if f.name not in node or f.name.startswith("_"):
-            continue
-        value = node[f.name]
-        if isinstance(value, DictConfig) and is_dataclass(OmegaConf.get_type(value)):
-            yield from _check_node(value, f"{prefix}{f.name}.", OmegaConf.get_type(value))
-            continue
-        if "ok" not in f.metadata:
-            continue
-        plain = OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
-        if not f.metadata["ok"](plain):
-            yield error_for(f"{prefix}{f.name}", plain, f)
-    cross = getattr(schema, "cross_checks", None)
-    if cross is not None:
-        yield from cross(node)
-
-
-def error_for(key: str, value: Any, f: Any, wrong_type: bool = False) -> ConfigError:
-    """The ConfigError for a value of schema field `f`: its range, the type too when the type was wrong."""
-    allowed = f.metadata.get("allowed", type_text(f.type))
-    allowed = allowed(value) if callable(allowed) else allowed
-    words = ("integer", "number", "true or false", "text")
-    if wrong_type and allowed != type_text(f.type) and not any(w in allowed for w in words):
-        allowed = f"{type_text(f.type)}: {allowed}"  # the range alone would not say the type
-    return ConfigError(key, value, allowed, f"{key}={yaml_text(fix_value(f, value))}")
-
-
-def fix_value(f: Any, value: Any) -> Any:
-    fix = f.metadata.get("fix", MISSING)
-    if callable(fix):
-        return fix(value)
-    if fix is not MISSING:
-        return fix
-    return f.default_factory() if f.default is MISSING and f.default_factory is not MISSING else f.default
-
-
-def yaml_text(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, list):
-        return "[" + ",".join(yaml_text(v) for v in value) + "]"
-    return str(value)
-
-
-def type_text(annotation: Any) -> str:
-    text = str(annotation)
-    node = dataclass_in(annotation)
-    if node is not None:  # e.g. dataset.augment: {pad:0,flip:false} or null
-        inner = ",".join(f"{f.name}:{yaml_text(fix_value(f, None))}" for f in fields(node))
-        return "{" + inner + "}" + (" or null" if "Optional" in text else "")
-    for name, words in (("bool", "true or false"), ("int", "an integer"), ("float", "a number"), ("str", "text")):
-        if name in text:
-            return words + (" or null" if "Optional" in text else "")
-    return "a value of the right type"

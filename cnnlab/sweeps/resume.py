@@ -17,37 +17,20 @@ holds the same submitit job id, so it resumes the same way without runtime.resum
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from cnnlab.callbacks import read_status, sweep_statuses
-from cnnlab.config import defines_result
+from cnnlab.app.resume import MISMATCH, RESUME, RESUME_SUBDIR, SKIP, START, action, comparable, without_resume
 from cnnlab.errors import UserError
-from cnnlab.resume import without_resume
+from cnnlab.records.status import read_status, sweep_statuses
 
-SKIP, RESUME, START, MISMATCH = "skip", "resume", "start", "mismatch"
 MULTIRUN_FILE = "multirun.yaml"
-RESUME_SUBDIR = ".hydra/resume"  # a resumed job's config; .hydra/ keeps how it started
-
-
-def _key(override: str) -> str:
-    return override.lstrip("+~").split("=", 1)[0]
-
-
-def comparable(job: Iterable[Any]) -> tuple[str, ...]:
-    """A job's overrides that define its result: not runtime, logger, paths, the launcher or hydra keys."""
-    return tuple(sorted(str(o) for o in job if defines_result(_key(str(o))) and _key(str(o)) != "launcher"))
 
 
 def grid(config: DictConfig) -> list[list[str]] | None:
@@ -82,79 +65,6 @@ def is_grid(sweep_dir: Path) -> bool:
     """Whether the sweep in `sweep_dir` is a grid that `cnnlab resume` continues (not a search)."""
     path = sweep_dir / MULTIRUN_FILE
     return path.is_file() and grid(OmegaConf.load(path)) is not None
-
-
-def action(job_dir: Path, overrides: Sequence[str], record: dict[str, Any] | None) -> str:
-    """What a job of a resumed sweep does with what its job dir holds (see the module's docstring)."""
-    started = job_dir / ".hydra" / "overrides.yaml"
-    if not started.is_file():
-        return START
-    if comparable(OmegaConf.load(started)) != comparable(overrides):  # e.g. hydra.sweep.subdir was changed
-        return MISMATCH
-    status = (record or {}).get("status")
-    if status == "completed" and (job_dir / "metrics.json").is_file():
-        return SKIP
-    if status in (None, "running", "interrupted") and (job_dir / "checkpoints" / "last.pt").is_file():
-        return RESUME
-    return START
-
-
-def submitit_job_id(config: DictConfig) -> str | None:
-    """The submitit job id (the same after a requeue); None outside a submitit job."""
-    return str(config.hydra.job.id) if os.environ.get("SUBMITIT_EXECUTOR") else None
-
-
-def job_action(config: DictConfig, job_dir: Path, record: dict[str, Any] | None) -> str | None:
-    """The action of a job that continues a sweep (runtime.resume in a multirun, or a submitit job requeued,
-    which finds its own job id in the status record); None for any other job."""
-    if OmegaConf.select(config, "hydra.mode") != RunMode.MULTIRUN:
-        return None
-    job_id = submitit_job_id(config)
-    requeued = job_id is not None and (record or {}).get("job_id") == job_id
-    if not (OmegaConf.select(config, "runtime.resume") or requeued):
-        return None
-    return action(job_dir, list(config.hydra.overrides.task), record)
-
-
-def prepare(job_dir: Path, what: str | None) -> None:
-    """Before a job starts again: drop what an earlier attempt left; a first start keeps its config in .hydra/."""
-    if what != START:
-        return
-    for name in ("metrics.json", "history.jsonl"):
-        (job_dir / name).unlink(missing_ok=True)
-    shutil.rmtree(job_dir / "checkpoints", ignore_errors=True)
-    first, again = job_dir / ".hydra", job_dir / RESUME_SUBDIR
-    if not (first / "overrides.yaml").is_file() and again.is_dir():
-        for file in again.iterdir():
-            file.replace(first / file.name)
-        again.rmdir()
-        OmegaConf.save(without_resume(OmegaConf.load(first / "overrides.yaml")), first / "overrides.yaml")
-
-
-def continue_job(cfg: DictConfig, job_dir: Path) -> float | None:
-    """A job of a resumed sweep, as the JobStatusCallback decided before it started (its status.json): the
-    recorded monitored value of a completed job (skipped), else None, with runtime.resume set to this job dir
-    (resume) or cleared (start again)."""
-    record = read_status(job_dir) or {}
-    what = record.get("action")
-    if record.get("status") == "completed":  # only a skipped job is not `running` now
-        print(f"cnnlab: skipped: completed ({job_dir})", file=sys.stderr)
-        return _recorded(job_dir, cfg.task.get("monitor"))
-    if what == MISMATCH:
-        raise UserError(
-            f"{job_dir} was started with other overrides (its .hydra/overrides.yaml) than this job of the grid: "
-            "the sweep's job dirs do not follow its grid (was hydra.sweep.subdir changed?). Resume the sweep with "
-            "its own command: cnnlab resume <sweep dir>"
-        )
-    if what in (RESUME, START):
-        with read_write(cfg.runtime):
-            cfg.runtime.resume = str(job_dir) if what == RESUME else None
-    return None
-
-
-def _recorded(job_dir: Path, monitor: str | None) -> float:
-    value = json.loads((job_dir / "metrics.json").read_text()).get(monitor) if monitor else None
-    return float(value) if isinstance(value, (int, float)) else float("nan")
 
 
 def plan(sweep_dir: Path, jobs: Sequence[Sequence[str]]) -> dict[str, int]:
@@ -274,7 +184,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     except UserError as e:
         print(f"cnnlab resume: error: {e}", file=sys.stderr)
         sys.exit(2)
-    from cnnlab.__main__ import main as cnnlab_main
+    from cnnlab.app.launch import launch
 
-    sys.argv = ["cnnlab", *arguments]
-    cnnlab_main()
+    launch(arguments)

@@ -1,7 +1,7 @@
 """Experiment tracking: W&B (offline by default) or nothing. wandb is imported only when used (slow import).
 
 The W&B run lives inside the Hydra run dir, carries the resolved config, and is always finished by
-cnnlab.run, also when the task raises, so the jobs of a multirun never share a live run.
+cnnlab.app.run, also when the task raises, so the jobs of a multirun never share a live run.
 """
 
 from __future__ import annotations

@@ -19,16 +19,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, read_write
 
-from cnnlab import checkpoint, resume, sweep_resume, tasks
-from cnnlab.callbacks import read_status, write_status
-from cnnlab.config import validate
+from cnnlab import tasks
+from cnnlab.app import resume
+from cnnlab.config.checks import validate
 from cnnlab.errors import UserError
+from cnnlab.records.status import read_status, write_status
+from cnnlab.records.tracking import NullLogger
 from cnnlab.tasks.context import Context, RunInfo
 from cnnlab.tasks.parts import build
 from cnnlab.tasks.publish import publish, run_name, run_provenance
-from cnnlab.tracking import NullLogger
 from cnnlab.training.hardware import gpu_lease, resolve_device, resolve_precision
 from cnnlab.training.state import TrainState
 from cnnlab.training.stop import Interrupted, stop
@@ -38,15 +39,26 @@ log = logging.getLogger("cnnlab")
 
 
 def main_job(cfg: DictConfig) -> float:
-    """Run; a UserError or a signal becomes a status record, one line on stderr and an exit code."""
+    """Run and record how it ended in status.json; a UserError or a signal becomes one line and an exit code."""
+    from hydra.core.hydra_config import HydraConfig
+
     info = run_info(cfg)
+    plan = resume.plan_job(HydraConfig.get(), cfg.runtime.get("resume"), info.run_dir) if info.multirun else None
+    if plan is not None and plan.action == resume.SKIP:  # a completed job of a resumed sweep: left as it is
+        print(f"cnnlab: skipped: completed ({info.run_dir})", file=sys.stderr)
+        return resume.recorded(info.run_dir, cfg.task.get("monitor"))
+    if plan is not None and plan.action is not None:
+        with read_write(cfg.runtime):
+            cfg.runtime.resume = str(plan.checkpoint) if plan.checkpoint else None
+        info = replace(info, resumed=plan.checkpoint is not None)
+    previous = read_status(info.run_dir)  # a resumed run's record: kept, in case the resume is refused
+    kept = {"previous": previous} if previous and previous.get("status") != "running" else {}
+    fields = {"action": plan and plan.action, "job_id": plan and plan.job_id}
+    write_status(info.run_dir, "running", info.overrides, **{k: v for k, v in fields.items() if v}, **kept)
     try:
-        if info.multirun:  # a job of a resumed sweep, or a requeued submitit job: skip, resume or start again
-            skipped = sweep_resume.continue_job(cfg, info.run_dir)
-            if skipped is not None:
-                return skipped
-            info = replace(info, resumed=bool(cfg.runtime.resume))
-        return run(cfg, info)
+        if info.multirun:  # the sweep's preflight checked each swept value; this is the job's combination
+            validate(cfg)
+        value = execute(cfg, info)  # a single run: the Preflight callback validated it
     except Interrupted as e:  # SIGTERM or Ctrl-C: a checkpoint is written; say how to continue
         write_status(info.run_dir, "interrupted", info.overrides, e, step=e.step, resume_command=e.resume_command)
         print(f"cnnlab: {e}", file=sys.stderr)
@@ -61,17 +73,30 @@ def main_job(cfg: DictConfig) -> float:
         print(f"cnnlab: error: {e}", file=sys.stderr)
         sys.exit(2)
     except UserError as e:
+        record_refusal(info, e, previous)
         if info.multirun:
             raise
-        previous = (read_status(info.run_dir) or {}).get("previous")
-        if info.resumed and previous:  # the run dir is the original run's: keep its record
-            write_status(info.run_dir, previous.pop("status"), previous.pop("overrides", []), **previous)
-        elif (info.run_dir / "history.jsonl").exists():  # stopped after training began: a failure
-            write_status(info.run_dir, "failed", info.overrides, e)
-        else:  # nothing ran: the report skips this dir
-            write_status(info.run_dir, "rejected", info.overrides, e)
         print(f"cnnlab: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Exception as e:
+        write_status(info.run_dir, "failed", info.overrides, e)
+        raise
+    write_status(info.run_dir, "completed", info.overrides)
+    return value
+
+
+def record_refusal(info: RunInfo, error: UserError, previous: dict | None) -> None:
+    """A UserError's record: a refused resume keeps the original run's; else failed (training had begun) or
+    rejected (nothing ran: the report skips the dir)."""
+    if info.multirun and not info.resumed:  # the sweep's summary lists it with the jobs that failed
+        write_status(info.run_dir, "failed", info.overrides, error)
+    elif info.resumed and previous and previous.get("status") != "running":
+        restored = dict(previous)
+        write_status(info.run_dir, restored.pop("status"), restored.pop("overrides", []), **restored)
+    elif (info.run_dir / "history.jsonl").exists():
+        write_status(info.run_dir, "failed", info.overrides, error)
+    else:
+        write_status(info.run_dir, "rejected", info.overrides, error)
 
 
 def run_info(cfg: DictConfig) -> RunInfo:
@@ -95,8 +120,12 @@ def run_info(cfg: DictConfig) -> RunInfo:
 
 
 def run(cfg: DictConfig, info: RunInfo | None = None) -> float:
-    info = info or run_info(cfg)
+    """Validate and run a composed config (the tests' way in, without Hydra's callbacks)."""
     validate(cfg)
+    return execute(cfg, info or run_info(cfg))
+
+
+def execute(cfg: DictConfig, info: RunInfo) -> float:
     with job_device(str(cfg.runtime.device), info) as device:
         return _run(cfg, info, device)
 
@@ -140,14 +169,12 @@ def _run(cfg: DictConfig, info: RunInfo, device: torch.device) -> float:
 
 
 def load_resume(cfg: DictConfig, info: RunInfo) -> tuple[RunInfo, dict[str, Any]]:
-    """The run and checkpoint state runtime.resume continues (the Preflight callback already chose it)."""
+    """The run and checkpoint state runtime.resume continues (the Preflight callback or the job's plan chose it)."""
     path = resume.find_checkpoint(str(cfg.runtime.resume), Path(cfg.paths.output_dir), info.overrides)
-    state = checkpoint.load(path)
-    resume.check_same_run(state["config"], OmegaConf.to_container(cfg, resolve=True), path)  # type: ignore[arg-type]
-    for stale in path.parent.glob(".*.tmp"):  # left by a kill during a checkpoint write
-        stale.unlink()
-    step = TrainState.from_checkpoint(state, torch.device("cpu")).step  # reads 0.1's layout too
-    log.info("resuming %s from step %d", resume.run_dir_of(path), step)
+    state = resume.load(path, cfg)
+    log.info(
+        "resuming %s from step %d", resume.run_dir_of(path), TrainState.from_checkpoint(state, torch.device("cpu")).step
+    )
     return replace(info, run_dir=resume.run_dir_of(path), resumed=True), state
 
 

@@ -30,10 +30,10 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab import CONF_DIR
-from cnnlab.config import register
-from cnnlab.config_errors import explain
+from cnnlab.config.messages import explain
+from cnnlab.config.schema import register
 from cnnlab.errors import ConfigError, UserError
-from cnnlab.preflight import check_sweep
+from cnnlab.sweeps.preflight import check_sweep
 
 METHODS = ("grid", "random", "bayes")
 

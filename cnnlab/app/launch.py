@@ -1,0 +1,67 @@
+"""The Hydra app: `cnnlab <arguments>` runs one job or, with -m, a multirun; Hydra's errors become one line.
+
+The CLI (`cnnlab.__main__`) and `cnnlab resume` both call `launch` with their argument list: nothing here
+reads or writes sys.argv. Hydra's own errors (a wrong type, an unknown key or group option) become cnnlab's
+one-line message with exit code 2, like every other config error; HYDRA_FULL_ERROR=1 shows them in full.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+from cnnlab import CONF_DIR
+from cnnlab.config.messages import explain
+from cnnlab.config.schema import register
+from cnnlab.errors import UserError
+
+
+def launch(arguments: Sequence[str]) -> None:
+    """Run `cnnlab <arguments>` through Hydra (overrides, -m, --cfg job, --help ...); exit as the CLI does."""
+    from hydra._internal.utils import _run_hydra, get_args_parser
+
+    from cnnlab.app.run import main_job
+
+    register()
+    parser = get_args_parser()
+    args = parser.parse_args(list(arguments))
+    full_errors = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing, so we can say it in one line
+    try:
+        _run_hydra(args=args, args_parser=parser, task_function=main_job, config_path=str(CONF_DIR),
+                   config_name="config")  # fmt: skip
+    except Exception as e:
+        if full_errors:
+            raise
+        fail(e, [a for a in args.overrides if not a.startswith("-")])
+    finally:
+        if not full_errors:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+
+
+def fail(error: Exception, overrides: list[str]) -> None:
+    """Print an error Hydra raised before or around the job as one line; a bug keeps its traceback."""
+    from hydra.errors import CompactHydraException, HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    mapped = explain(error, overrides)
+    if mapped is not None:
+        print(f"cnnlab: error: {mapped}", file=sys.stderr)
+        sys.exit(2)
+    if isinstance(error, UserError):
+        print(f"cnnlab: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    if isinstance(error, ValueError) and any(f.name == "best_trial" for f in traceback.extract_tb(error.__traceback__)):
+        print("cnnlab: error: no trial of the search completed: the summary below and each trial's status.json "
+              "say why", file=sys.stderr)  # fmt: skip
+        sys.exit(1)
+    if isinstance(error, (CompactHydraException, HydraException, OmegaConfBaseException)):
+        text = " ".join(str(error).split())  # one line
+        cause = error.__cause__
+        if isinstance(cause, OmegaConfBaseException):
+            text += f" ({' '.join(str(cause).split()[:40])})"
+        print(f"cnnlab: error: {text}", file=sys.stderr)
+        sys.exit(2 if not isinstance(error, CompactHydraException) or "job" not in type(error).__name__.lower() else 1)
+    raise error

@@ -1,0 +1,119 @@
+"""Hydra callbacks: checks before anything is written (Preflight), and a multirun's summary of its jobs.
+
+Hydra's launchers run every job of a sweep even when some fail, then re-raise the first failure and exit 1
+before `on_multirun_end`. So the summary of all jobs is printed at interpreter exit instead, after
+Hydra's own error, and reads the status files, which also works for jobs that ran in other processes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import pickle
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import CompactHydraException
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from cnnlab.app.preflight import check_run, ensure_writable
+from cnnlab.errors import UserError
+from cnnlab.records.status import sweep_statuses
+
+
+class Preflight(Callback):
+    """Before Hydra writes anything: a run's checks (cnnlab.app.preflight); a sweep's, every value it will try,
+    and with runtime.resume=auto the earlier sweep it continues, in that sweep's dir (cnnlab.sweeps.resume)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            check_run(config)
+        except UserError as e:
+            fail(e)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from cnnlab.sweeps.preflight import check_sweep
+        from cnnlab.sweeps.resume import redirect
+
+        try:
+            if "runtime" in config and config.runtime.get("resume"):  # continue a sweep: its dir, its job dirs
+                redirect(config)
+            check_sweep(config)
+            ensure_writable(Path(str(config.hydra.sweep.dir)))
+        except UserError as e:
+            fail(e)
+
+
+def fail(error: UserError) -> None:
+    print(f"cnnlab: error: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
+class JobFailed(CompactHydraException):
+    """Stands in for a job's exception: Hydra prints it as one line (the details are in status.json)."""
+
+
+class JobStatusCallback(Callback):
+    """A failed job's exception goes back to the sweep as one line (the job wrote its status.json); a multirun
+    ends with the summary of every job of its grid."""
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if job_return.status == JobStatus.COMPLETED:
+            return
+        error = job_return._return_value  # the job's exception; `.return_value` would raise it
+        if isinstance(error, UserError) or not _picklable(error):
+            # a UserError needs no traceback; a worker pickles the exception, and one that can't be would abort
+            # the whole sweep
+            job_return.return_value = JobFailed(f"{type(error).__name__}: {error}")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from cnnlab.sweeps import resume  # now: at exit, an import that registers an atexit hook would fail
+
+        sweep_dir, plan = Path(str(config.hydra.sweep.dir)), None
+        if config.get("runtime") and config.runtime.get("resume"):  # the Preflight callback chose the sweep dir
+            plan = resume.plan(sweep_dir, resume.grid(config) or [])
+            print(f"cnnlab: resuming sweep {sweep_dir}: {resume.describe(plan)}", file=sys.stderr)
+        atexit.register(print_summary, sweep_dir, plan)
+
+
+def _picklable(error: BaseException) -> bool:
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:
+        return False
+    return True
+
+
+def print_summary(sweep_dir: Path, plan: dict[str, int] | None = None) -> None:
+    """One line per job that did not complete, with its error, and a count of the rest (the whole grid of
+    multirun.yaml: jobs the sweep never started too); a resumed sweep says what it skipped, resumed, started."""
+    from rich.console import Console
+
+    from cnnlab.sweeps.resume import describe, is_grid, not_started
+
+    console = Console(stderr=True, soft_wrap=True)
+    statuses = sweep_statuses(sweep_dir)
+    failed = {job: s for job, s in statuses.items() if s is not None and s["status"] in ("failed", "diverged")}
+    done = sum(1 for s in statuses.values() if s is not None and s["status"] == "completed")
+    unfinished, missing = len(statuses) - done - len(failed), len(not_started(sweep_dir))
+    style = "bold red" if failed or unfinished or missing else "bold green"
+    console.print(
+        f"[{style}]sweep {sweep_dir}: {done} of {len(statuses) + missing} jobs completed, {len(failed)} failed"
+        + (f", {unfinished} unfinished" if unfinished else "")
+        + (f", {missing} not started" if missing else "")
+        + "[/]",
+        highlight=False,
+    )
+    if plan is not None:
+        console.print(f"resumed: {describe(plan)}", highlight=False)
+    for job, status in failed.items():
+        console.print(
+            f"  [red]{status['status']}[/] {job.relative_to(sweep_dir)}: {' '.join(status['overrides'])}",
+            highlight=False,
+        )
+        console.print(f"         {status['error']}", markup=False, highlight=False)
+    if (failed or unfinished or missing) and is_grid(sweep_dir):  # a search continues by running it again
+        console.print(f"resume: cnnlab resume {sweep_dir}", highlight=False)
+    console.print(f"report: cnnlab report {sweep_dir}", highlight=False)
