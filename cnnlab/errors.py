@@ -32,7 +32,7 @@ class CheckpointError(UserError):
 
 class BadArgument(ValueError):
     """A library function's argument is out of range. Library code knows nothing of config keys: the config
-    boundary (cnnlab.tasks.parts) says it as a ConfigError about the key the value came from."""
+    boundary (cnnlab.tasks.build) says it as a ConfigError about the key the value came from."""
 
     def __init__(self, name: str, value: object, allowed: str, suggestion: object = None) -> None:
         self.name, self.value, self.allowed, self.suggestion = name, value, allowed, suggestion

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
 from collections.abc import Sequence
 
 from cnnlab import CONF_DIR
@@ -41,6 +40,12 @@ def launch(arguments: Sequence[str]) -> None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
 
 
+def no_trial_completed(error: BaseException) -> bool:
+    """Optuna's error when a search ends without one completed trial (its storages' `get_best_trial` says
+    "No trials are completed yet."): the one Hydra-plugin message matched by its text."""
+    return isinstance(error, ValueError) and str(error).startswith("No trials are completed yet")
+
+
 def fail(error: Exception, overrides: list[str]) -> None:
     """Print an error Hydra raised before or around the job as one line; a bug keeps its traceback."""
     from hydra.errors import CompactHydraException, HydraException
@@ -53,7 +58,7 @@ def fail(error: Exception, overrides: list[str]) -> None:
     if isinstance(error, UserError):
         print(f"cnnlab: error: {error}", file=sys.stderr)
         sys.exit(2)
-    if isinstance(error, ValueError) and any(f.name == "best_trial" for f in traceback.extract_tb(error.__traceback__)):
+    if no_trial_completed(error):
         print("cnnlab: error: no trial of the search completed: the summary below and each trial's status.json "
               "say why", file=sys.stderr)  # fmt: skip
         sys.exit(1)

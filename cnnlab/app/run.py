@@ -27,8 +27,8 @@ from cnnlab.config.checks import validate
 from cnnlab.errors import UserError
 from cnnlab.records.status import read_status, write_status
 from cnnlab.records.tracking import NullLogger
+from cnnlab.tasks.build import build
 from cnnlab.tasks.context import Context, RunInfo
-from cnnlab.tasks.parts import build
 from cnnlab.tasks.publish import publish, run_name, run_provenance
 from cnnlab.training.hardware import gpu_lease, resolve_device, resolve_precision
 from cnnlab.training.state import TrainState

@@ -4,7 +4,7 @@ Every YAML option under conf/ starts from its schema (`defaults: [/schema_<group
 so Hydra refuses a wrong type or an unknown key while it composes. Ranges live next to the types, as field
 metadata (`rule`), and `validate` checks all of them in one place; cnnlab.config.messages turns Hydra's
 composition errors into cnnlab's one-line ConfigError. Library code (models, data, training) raises plain
-ValueErrors; the boundary (cnnlab.tasks.parts) names the config key.
+ValueErrors; the boundary (cnnlab.tasks.build) names the config key.
 """
 
 import re

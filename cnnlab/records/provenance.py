@@ -128,10 +128,10 @@ def device_info(device: str | None) -> dict[str, Any]:
 
 def code_of(record: dict[str, Any] | None) -> tuple[str, ...]:
     """What must match for two runs to have run the same code; "unknown" for a run recorded before provenance."""
-    return tuple(_describe(record, key) for key in CODE_FIELDS)
+    return tuple(_code_text(record, key) for key in CODE_FIELDS)
 
 
-def _describe(record: dict[str, Any] | None, key: str) -> str:
+def _code_text(record: dict[str, Any] | None, key: str) -> str:
     if record is None:
         return "unknown"
     if key != "commit":

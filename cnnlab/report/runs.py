@@ -74,14 +74,14 @@ def _run_dirs(root: Path) -> list[Run]:
             if history.exists():
                 run.history = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
         elif status is not None and status.get("status") in ("failed", "diverged", "interrupted"):
-            describe(run, status)
+            note_status(run, status)
         elif "status" in metrics:  # e.g. diverged, without a status.json
             run.error = f"{metrics['status']}: {metrics.get('error', '')}"
         runs.append(run)
     return runs
 
 
-def describe(run: Run, status: dict[str, Any]) -> None:
+def note_status(run: Run, status: dict[str, Any]) -> None:
     """A failed run's error, or where an interrupted run stopped and the command that resumes it."""
     at = f" at step {status['step']}" if status.get("step") is not None else ""
     if status["status"] == "failed":

@@ -74,7 +74,7 @@ class JobStatusCallback(Callback):
         sweep_dir, plan = Path(str(config.hydra.sweep.dir)), None
         if config.get("runtime") and config.runtime.get("resume"):  # the Preflight callback chose the sweep dir
             plan = resume.plan(sweep_dir, resume.grid(config) or [])
-            print(f"cnnlab: resuming sweep {sweep_dir}: {resume.describe(plan)}", file=sys.stderr)
+            print(f"cnnlab: resuming sweep {sweep_dir}: {resume.plan_text(plan)}", file=sys.stderr)
         atexit.register(print_summary, sweep_dir, plan)
 
 
@@ -91,7 +91,7 @@ def print_summary(sweep_dir: Path, plan: dict[str, int] | None = None) -> None:
     multirun.yaml: jobs the sweep never started too); a resumed sweep says what it skipped, resumed, started."""
     from rich.console import Console
 
-    from cnnlab.sweeps.resume import describe, is_grid, not_started
+    from cnnlab.sweeps.resume import is_grid, not_started, plan_text
 
     console = Console(stderr=True, soft_wrap=True)
     statuses = sweep_statuses(sweep_dir)
@@ -107,7 +107,7 @@ def print_summary(sweep_dir: Path, plan: dict[str, int] | None = None) -> None:
         highlight=False,
     )
     if plan is not None:
-        console.print(f"resumed: {describe(plan)}", highlight=False)
+        console.print(f"resumed: {plan_text(plan)}", highlight=False)
     for job, status in failed.items():
         console.print(
             f"  [red]{status['status']}[/] {job.relative_to(sweep_dir)}: {' '.join(status['overrides'])}",

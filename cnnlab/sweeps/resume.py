@@ -79,7 +79,7 @@ def plan(sweep_dir: Path, jobs: Sequence[Sequence[str]]) -> dict[str, int]:
     return counts
 
 
-def describe(counts: dict[str, int]) -> str:
+def plan_text(counts: dict[str, int]) -> str:
     total = sum(counts[k] for k in (SKIP, RESUME, START, MISMATCH))
     return (
         f"{total} jobs: {counts[SKIP]} completed (skipped), {counts[RESUME]} resumed from their checkpoint, "

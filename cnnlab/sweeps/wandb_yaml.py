@@ -184,11 +184,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(2)
     output = args.output or Path(f"sweep-{config['name']}.yaml")
     output.write_text(yaml.safe_dump(config, sort_keys=False))
-    print(f"wrote {output}: {describe(config)}")
+    print(f"wrote {output}: {sweep_size(config)}")
     print(f"next: wandb sweep --project <project> {output}   then   wandb agent <entity>/<project>/<sweep id>")
 
 
-def describe(config: dict[str, Any]) -> str:
+def sweep_size(config: dict[str, Any]) -> str:
     """What the agents will run, e.g. '24 runs over model.depth, ...' or 'bayes search over ..., up to 20 runs'."""
     keys = ", ".join(config["parameters"])
     if config["method"] == "grid":

@@ -19,8 +19,7 @@ from cnnlab.config.schema import CANVAS_METRICS
 from cnnlab.data.canvas import Canvases
 from cnnlab.errors import ConfigError
 from cnnlab.records import figures
-from cnnlab.tasks.context import Context, TaskResult
-from cnnlab.tasks.parts import (
+from cnnlab.tasks.build import (
     background_index,
     canvases_for,
     class_map_method,
@@ -29,6 +28,7 @@ from cnnlab.tasks.parts import (
     restore_model,
     trained_dataset,
 )
+from cnnlab.tasks.context import Context, TaskResult
 from cnnlab.tasks.publish import run_name, settings
 from cnnlab.vision.canvas_eval import BoxRule, Evaluation, batches, evaluate_canvases, evaluate_images
 from cnnlab.vision.faithfulness import KEYS as FAITHFUL_KEYS

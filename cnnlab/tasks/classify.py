@@ -8,8 +8,8 @@ from typing import Any
 
 from cnnlab.records import checkpoint, figures
 from cnnlab.records.results import confusion
+from cnnlab.tasks.build import boundary, build, build_loaders, class_names, history, typed
 from cnnlab.tasks.context import Context, TaskResult
-from cnnlab.tasks.parts import boundary, build, build_loaders, class_names, history, typed
 from cnnlab.tasks.publish import run_name, run_provenance, settings
 from cnnlab.training.trainer import DivergenceError, Trainer
 

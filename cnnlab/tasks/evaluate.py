@@ -9,8 +9,8 @@ from omegaconf import DictConfig, OmegaConf
 from cnnlab.config.schema import RuntimeConfig, TrainerConfig
 from cnnlab.records import figures
 from cnnlab.records.results import class_table, confusion, per_class
+from cnnlab.tasks.build import boundary, build_loaders, class_names, restore_model, trained_dataset
 from cnnlab.tasks.context import Context, TaskResult
-from cnnlab.tasks.parts import boundary, build_loaders, class_names, restore_model, trained_dataset
 from cnnlab.tasks.publish import run_name, settings
 from cnnlab.training.trainer import Trainer
 
