@@ -51,11 +51,13 @@ def fail(error: Exception, overrides: list[str]) -> None:
     from hydra.errors import CompactHydraException, HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from cnnlab.training.trainer import DivergenceError
+
     mapped = explain(error, overrides)
     if mapped is not None:
         print(f"cnnlab: error: {mapped}", file=sys.stderr)
         sys.exit(2)
-    if isinstance(error, UserError):
+    if isinstance(error, (UserError, DivergenceError)):
         print(f"cnnlab: error: {error}", file=sys.stderr)
         sys.exit(2)
     if no_trial_completed(error):

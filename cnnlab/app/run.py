@@ -39,7 +39,8 @@ log = logging.getLogger("cnnlab")
 
 
 def main_job(cfg: DictConfig) -> float:
-    """Run and record how it ended in status.json; a UserError or a signal becomes one line and an exit code."""
+    """Run and record how it ended in status.json. Errors a user can fix leave as exceptions (the CLI prints them
+    in one line); a signal ends the process with its exit code after the checkpoint and the resume command."""
     from hydra.core.hydra_config import HydraConfig
 
     info = run_info(cfg)
@@ -66,18 +67,12 @@ def main_job(cfg: DictConfig) -> float:
         if e.resume_command:
             print(f"cnnlab: resume with: {e.resume_command}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except DivergenceError as e:
+    except DivergenceError as e:  # the CLI says it in one line (exit 2); a sweep lists it and goes on
         write_status(info.run_dir, "diverged", info.overrides, e, step=e.state.step)
-        if info.multirun:
-            raise  # the sweep lists this job as failed and goes on
-        print(f"cnnlab: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except UserError as e:
+        raise
+    except UserError as e:  # the CLI says it in one line (exit 2); Python gets the exception
         record_refusal(info, e, previous)
-        if info.multirun:
-            raise
-        print(f"cnnlab: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        raise
     except Exception as e:
         write_status(info.run_dir, "failed", info.overrides, e)
         raise

@@ -16,6 +16,7 @@ from typing import Any
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from cnnlab.app.preflight import check_run, ensure_writable
@@ -28,27 +29,16 @@ class Preflight(Callback):
     and with runtime.resume=auto the earlier sweep it continues, in that sweep's dir (cnnlab.sweeps.resume)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        try:
-            check_run(config)
-        except UserError as e:
-            fail(e)
+        check_run(config)  # a UserError: the CLI prints it in one line, Python gets it (cnnlab.app.launch)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from cnnlab.sweeps.preflight import check_sweep
         from cnnlab.sweeps.resume import redirect
 
-        try:
-            if "runtime" in config and config.runtime.get("resume"):  # continue a sweep: its dir, its job dirs
-                redirect(config)
-            check_sweep(config)
-            ensure_writable(Path(str(config.hydra.sweep.dir)))
-        except UserError as e:
-            fail(e)
-
-
-def fail(error: UserError) -> None:
-    print(f"cnnlab: error: {error}", file=sys.stderr)
-    sys.exit(2)
+        if "runtime" in config and config.runtime.get("resume"):  # continue a sweep: its dir, its job dirs
+            redirect(config)
+        check_sweep(config)
+        ensure_writable(Path(str(config.hydra.sweep.dir)))
 
 
 class JobFailed(CompactHydraException):
@@ -60,8 +50,8 @@ class JobStatusCallback(Callback):
     ends with the summary of every job of its grid."""
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        if job_return.status == JobStatus.COMPLETED:
-            return
+        if job_return.status == JobStatus.COMPLETED or config.hydra.mode != RunMode.MULTIRUN:
+            return  # a single run's exception reaches the CLI as it is
         error = job_return._return_value  # the job's exception; `.return_value` would raise it
         if isinstance(error, UserError) or not _picklable(error):
             # a UserError needs no traceback; a worker pickles the exception, and one that can't be would abort
