@@ -4,5 +4,6 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
-# The Hydra config tree beside the package (an editable install keeps it there).
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+# The Hydra config groups: inside the package in a wheel (cnnlab/conf), the top-level conf/ in a checkout.
+_PACKAGED = Path(__file__).resolve().parent / "conf"
+CONF_DIR = _PACKAGED if _PACKAGED.is_dir() else Path(__file__).resolve().parents[1] / "conf"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-class UserError(Exception):
+class UserError(ValueError):
     """Something the user asked for or supplied is wrong; the message says what and how to fix it."""
 
 
@@ -40,3 +40,13 @@ class BadArgument(ValueError):
 
     def __reduce__(self) -> tuple:
         return type(self), (self.name, self.value, self.allowed, self.suggestion)
+
+
+class Refused(BaseException):
+    """A UserError found by a Hydra callback before anything is written (the Preflight). Hydra's callback runner
+    turns an Exception into a warning and goes on, so the error travels as a BaseException; the CLI prints it in
+    one line (exit 2) and the Python API raises `error`."""
+
+    def __init__(self, error: UserError) -> None:
+        super().__init__(str(error))
+        self.error = error

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from cnnlab import CONF_DIR
 from cnnlab.config.messages import explain
 from cnnlab.config.schema import register
-from cnnlab.errors import UserError
+from cnnlab.errors import Refused, UserError
 
 
 def launch(arguments: Sequence[str]) -> None:
@@ -31,6 +31,9 @@ def launch(arguments: Sequence[str]) -> None:
     try:
         _run_hydra(args=args, args_parser=parser, task_function=main_job, config_path=str(CONF_DIR),
                    config_name="config")  # fmt: skip
+    except Refused as e:  # the Preflight's: before anything was written
+        print(f"cnnlab: error: {e.error}", file=sys.stderr)
+        sys.exit(2)
     except Exception as e:
         if full_errors:
             raise

@@ -20,7 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from cnnlab.app.preflight import check_run, ensure_writable
-from cnnlab.errors import UserError
+from cnnlab.errors import Refused, UserError
 from cnnlab.records.status import sweep_statuses
 
 
@@ -29,16 +29,22 @@ class Preflight(Callback):
     and with runtime.resume=auto the earlier sweep it continues, in that sweep's dir (cnnlab.sweeps.resume)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        check_run(config)  # a UserError: the CLI prints it in one line, Python gets it (cnnlab.app.launch)
+        try:
+            check_run(config)
+        except UserError as e:
+            raise Refused(e) from None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from cnnlab.sweeps.preflight import check_sweep
         from cnnlab.sweeps.resume import redirect
 
-        if "runtime" in config and config.runtime.get("resume"):  # continue a sweep: its dir, its job dirs
-            redirect(config)
-        check_sweep(config)
-        ensure_writable(Path(str(config.hydra.sweep.dir)))
+        try:
+            if "runtime" in config and config.runtime.get("resume"):  # continue a sweep: its dir, its job dirs
+                redirect(config)
+            check_sweep(config)
+            ensure_writable(Path(str(config.hydra.sweep.dir)))
+        except UserError as e:
+            raise Refused(e) from None
 
 
 class JobFailed(CompactHydraException):

@@ -40,6 +40,8 @@ def boundary(key: str, value: Any = None, fix: str | None = None) -> Iterator[No
     """Library code inside raises plain ValueErrors; they leave as config errors about `key`."""
     try:
         yield
+    except UserError:
+        raise
     except ValueError as e:
         raise as_config_error(e, key, value, fix) from None
 
