@@ -50,7 +50,16 @@ def no_trial_completed(error: BaseException) -> bool:
 
 
 def fail(error: Exception, overrides: list[str]) -> None:
-    """Print an error Hydra raised before or around the job as one line; a bug keeps its traceback."""
+    """Exit with an error Hydra raised before or around the job in one line; a bug keeps its traceback."""
+    said = one_line(error, overrides)
+    if said is None:
+        raise error
+    print(f"cnnlab: error: {said[0]}", file=sys.stderr)
+    sys.exit(said[1])
+
+
+def one_line(error: BaseException, overrides: list[str]) -> tuple[str, int] | None:
+    """What the CLI says of an error and its exit code (2: the input, 1: the jobs), or None for a bug."""
     from hydra.errors import CompactHydraException, HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -58,20 +67,17 @@ def fail(error: Exception, overrides: list[str]) -> None:
 
     mapped = explain(error, overrides)
     if mapped is not None:
-        print(f"cnnlab: error: {mapped}", file=sys.stderr)
-        sys.exit(2)
+        return str(mapped), 2
     if isinstance(error, (UserError, DivergenceError)):
-        print(f"cnnlab: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        return str(error), 2
     if no_trial_completed(error):
-        print("cnnlab: error: no trial of the search completed: the summary below and each trial's status.json "
-              "say why", file=sys.stderr)  # fmt: skip
-        sys.exit(1)
+        return "no trial of the search completed: the summary below and each trial's status.json say why", 1
     if isinstance(error, (CompactHydraException, HydraException, OmegaConfBaseException)):
         text = " ".join(str(error).split())  # one line
         cause = error.__cause__
         if isinstance(cause, OmegaConfBaseException):
             text += f" ({' '.join(str(cause).split()[:40])})"
-        print(f"cnnlab: error: {text}", file=sys.stderr)
-        sys.exit(2 if not isinstance(error, CompactHydraException) or "job" not in type(error).__name__.lower() else 1)
-    raise error
+        return text, 2 if not isinstance(error, CompactHydraException) or "job" not in type(
+            error
+        ).__name__.lower() else 1
+    return None

@@ -7,6 +7,7 @@ here each becomes a ConfigError that names the key, the value and the override t
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,9 +22,11 @@ from cnnlab.config.schema import RuntimeConfig, TrainerConfig
 from cnnlab.data import sources
 from cnnlab.data.canvas import MNIST_FAMILY, Canvases, background_patches, check_canvas_config, make_canvases
 from cnnlab.data.loader import DeviceLoader, split_train_val
-from cnnlab.errors import BadArgument, ConfigError, DataError, UserError
+from cnnlab.errors import BadArgument, CheckpointError, ConfigError, DataError, UserError
 from cnnlab.records import checkpoint
 from cnnlab.tasks.context import RunInfo
+
+log = logging.getLogger("cnnlab")
 
 
 def as_config_error(error: Exception, key: str, value: Any = None, fix: str | None = None) -> ConfigError:
@@ -196,31 +199,45 @@ def trained_dataset(saved: DictConfig, cfg: DictConfig, info: RunInfo) -> DictCo
     return dataset
 
 
-def restore_model(reference: str | None, device: torch.device, run_dir: Path) -> tuple[Any, DictConfig, dict]:
-    """Rebuild the model a checkpoint was trained with, from the config stored in it.
-
-    `reference` is a local path or `wandb:<entity>/<project>/<artifact>:<alias>`. Returns (model, saved
-    config, checkpoint state).
-    """
+def checkpoint_path(reference: str | None, run_dir: Path) -> Path:
+    """The checkpoint file `checkpoint=` names: a .pt file, a run dir (its checkpoints/best.pt) or
+    wandb:<entity>/<project>/<artifact>:<alias> (downloaded into <run_dir>/artifacts)."""
     if not reference:
         raise ConfigError(
             "checkpoint",
             reference,
-            "a checkpoint path or wandb:<entity>/<project>/<artifact>:<alias>",
+            "a checkpoint path, a run dir or wandb:<entity>/<project>/<artifact>:<alias>",
             "checkpoint=outputs/<run>/checkpoints/best.pt",
         )
     if str(reference).startswith("wandb:"):
         from cnnlab.records.tracking import fetch_artifact
 
-        path = fetch_artifact(str(reference), run_dir / "artifacts")
-    else:
-        path = Path(reference)
+        return fetch_artifact(str(reference), run_dir / "artifacts")
+    path = Path(reference)
+    if path.is_dir():
+        best = path / "checkpoints" / "best.pt"
+        if not best.is_file():
+            raise CheckpointError(
+                f"checkpoint={reference} is a folder without checkpoints/best.pt: pass a run dir of a run that "
+                "trained, or the .pt file itself"
+            )
+        log.info("checkpoint=%s: its best checkpoint, %s", reference, best)
+        return best
+    return path
+
+
+def restore_model(reference: str | None, device: torch.device, run_dir: Path) -> tuple[Any, DictConfig, dict]:
+    """Rebuild the model a checkpoint was trained with, from the config stored in it, in eval mode.
+
+    `reference`: see checkpoint_path. Returns (model, saved config, checkpoint state).
+    """
+    path = checkpoint_path(reference, run_dir)
     state = checkpoint.load(path)
     saved = OmegaConf.create(state["config"])
     model = instantiate(saved.model)
     checkpoint.check_fits(model, state["model"], path)
     model.load_state_dict(state["model"])
-    return model.to(device), saved, state
+    return model.to(device).eval(), saved, state
 
 
 def class_map_method(model: Any, task: DictConfig, black: torch.Tensor | None = None) -> Any:
