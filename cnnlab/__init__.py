@@ -1,9 +1,21 @@
-"""cnnlab: a Hydra-composed experiment framework for convolutional-network labs. Entry point: `python -m cnnlab`."""
+"""cnnlab: a Hydra-composed experiment framework for convolutional-network labs.
 
-from pathlib import Path
+From a shell: `cnnlab <overrides>` (or `python -m cnnlab`). From Python: `cnnlab.run([...])`, `cnnlab.multirun`,
+`cnnlab.compose`, `cnnlab.load`, `cnnlab.explain` (cnnlab.api, imported when first asked for, so that
+`import cnnlab` stays light).
+"""
 
-__version__ = "0.1.0"
+from typing import Any
 
-# The Hydra config groups: inside the package in a wheel (cnnlab/conf), the top-level conf/ in a checkout.
-_PACKAGED = Path(__file__).resolve().parent / "conf"
-CONF_DIR = _PACKAGED if _PACKAGED.is_dir() else Path(__file__).resolve().parents[1] / "conf"
+from cnnlab.version import __version__
+
+API = ("run", "multirun", "compose", "load", "explain", "Result", "Loaded")
+__all__ = ["__version__", *API]
+
+
+def __getattr__(name: str) -> Any:
+    if name in API:
+        from cnnlab import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'cnnlab' has no attribute {name!r}")

@@ -19,8 +19,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from cnnlab import CONF_DIR
 from cnnlab.app.launch import one_line
+from cnnlab.config import CONF_DIR
 from cnnlab.config.checks import validate
 from cnnlab.config.schema import register
 from cnnlab.errors import Refused, UserError

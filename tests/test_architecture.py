@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "cnnlab"
 
 # Packages by role, bottom-up (the README's architecture section): each imports only its own layer and below.
 LAYERS = {
-    "cnnlab": 0,  # __init__: the version and the conf dir
+    "cnnlab.version": 0,
     "cnnlab.errors": 0,
     "cnnlab.config": 1,  # schemas, validation, the one-line messages
     "cnnlab.records": 2,  # what a run writes: checkpoints, status.json, metrics, figures, W&B, provenance
@@ -23,7 +23,9 @@ LAYERS = {
     "cnnlab.app": 6,  # one run: the Hydra app, preflight, the resume decision
     "cnnlab.sweeps": 7,  # launch-wide: Hydra callbacks, whole-sweep resume, W&B sweep YAML, search
     "cnnlab.report": 8,
-    "cnnlab.__main__": 9,
+    "cnnlab.api": 9,  # the Python face: run, multirun, compose, load, explain
+    "cnnlab.__main__": 9,  # the CLI
+    "cnnlab": 10,  # the package: the version, and the API by name (cnnlab.run, ...)
 }
 
 
@@ -151,3 +153,56 @@ def test_fit_fits_on_a_screen() -> None:
     source = ast.parse(Path(__import__("inspect").getsourcefile(Trainer)).read_text())
     (fit,) = [n for n in ast.walk(source) if isinstance(n, ast.FunctionDef) and n.name == "fit"]
     assert fit.end_lineno - fit.lineno + 1 <= 50
+
+
+# ---------------------------------------------------------------- the tests: no test module imports another
+
+TESTS = Path(__file__).resolve().parent
+
+
+def imported_test_modules(tree: ast.AST) -> list[str]:
+    """The test modules (tests/test_*.py) and tests/conftest.py a file of tests/ imports, anywhere in it: absolute
+    (`from tests.test_report import make_run`, `from tests import conftest`), relative (`from .test_report import
+    grid`) or bare (`import test_report`, which pytest's rootdir on sys.path allows)."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level <= 1:
+            base = ".".join(filter(None, ["tests" if node.level else "", node.module]))
+            names = [base, *(f"{base}.{a.name}" for a in node.names)]  # `from tests import test_x` imports test_x
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")[1:] if name.startswith("tests.") else name.split(".")
+            first = parts[0] if parts else ""
+            if (first == "conftest" or first.startswith("test_")) and (TESTS / f"{first}.py").is_file():
+                found.add(f"tests.{first}")
+    return sorted(found)
+
+
+@pytest.mark.parametrize("path", sorted(TESTS.glob("*.py")), ids=lambda p: p.name)
+def test_no_test_module_imports_another_or_conftest(path: Path) -> None:
+    found = imported_test_modules(ast.parse(path.read_text()))
+    assert not found, (
+        f"tests/{path.name} imports {', '.join(found)}: shared fixtures belong in tests/conftest.py (pytest finds "
+        "them by name), shared plain helpers in tests/helpers.py"
+    )
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from tests.test_report import make_run",
+        "from tests.conftest import run_app",
+        "from tests import test_localize as localize",
+        "import tests.test_config",
+        "def f():\n    from .test_vision import small_resnet",
+        "from . import conftest",
+        "import test_resume",
+    ],
+)
+def test_the_test_import_check_catches_an_import_of_a_test_module(source: str) -> None:
+    assert len(imported_test_modules(ast.parse(source))) == 1, source
+    allowed = "from tests.helpers import run_app, test_acc_of\nfrom tests import helpers\nimport test\nimport tests"
+    assert imported_test_modules(ast.parse(allowed)) == []

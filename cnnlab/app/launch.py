@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from cnnlab import CONF_DIR
+from cnnlab.config import CONF_DIR
 from cnnlab.config.messages import explain
 from cnnlab.config.schema import register
 from cnnlab.errors import Refused, UserError

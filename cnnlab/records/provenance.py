@@ -108,7 +108,7 @@ def _version(package: str) -> str | None:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         if package == "cnnlab":  # run from a source tree that was never installed
-            from cnnlab import __version__
+            from cnnlab.version import __version__
 
             return __version__
         return None

@@ -29,7 +29,7 @@ from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab import CONF_DIR
+from cnnlab.config import CONF_DIR
 from cnnlab.config.messages import explain
 from cnnlab.config.schema import register
 from cnnlab.errors import ConfigError, UserError
