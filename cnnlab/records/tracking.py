@@ -48,6 +48,10 @@ class NullLogger:
         pass
 
 
+# W&B's folders for artifact staging and its cache: in the run dir (wandb sync uploads the staged files).
+RUN_DIR_ENV = {"WANDB_DATA_DIR": "data", "WANDB_CACHE_DIR": "cache", "WANDB_ARTIFACT_DIR": "artifacts"}
+
+
 class WandbLogger(NullLogger):
     MODES = ("offline", "online", "disabled")
 
@@ -86,6 +90,9 @@ class WandbLogger(NullLogger):
         import wandb
 
         os.environ.setdefault("WANDB_SILENT", "true")
+        self.outside = {key: os.environ.get(key) for key in RUN_DIR_ENV}  # given back at finish
+        for key, sub in RUN_DIR_ENV.items():  # W&B's staging copies and cache live in the run dir, not in $HOME
+            os.environ[key] = str(run_dir / "wandb" / sub)
         self.run = wandb.init(
             project=self.project,
             entity=self.entity,
@@ -123,13 +130,18 @@ class WandbLogger(NullLogger):
             import wandb
 
             artifact = wandb.Artifact(f"model-{self.run.id}", type="model")
-            artifact.add_file(str(path), name="model.pt")
+            artifact.add_file(str(path), name="model.pt", skip_cache=True)  # staged (a snapshot) in the run dir
             self.run.log_artifact(artifact, aliases=aliases)
 
     def finish(self, exit_code: int = 0) -> None:
         if self.run is not None:
             self.run.finish(exit_code=exit_code)
             self.run = None
+        for key, value in getattr(self, "outside", {}).items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def fetch_artifact(reference: str, download_root: Path) -> Path:
