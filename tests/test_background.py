@@ -21,10 +21,9 @@ from cnnlab.data.canvas import background_patches
 from cnnlab.data.loader import DeviceLoader
 from cnnlab.errors import ConfigError
 from cnnlab.records import figures
-from cnnlab.tasks.parts import background_index, build_loaders, class_names, typed
+from cnnlab.tasks.build import background_index, build_loaders, class_names, typed
 from cnnlab.vision.canvas_eval import cell_scores
-from tests.conftest import cli, run_app
-from tests.test_config import composed
+from tests.helpers import cli, composed, run_app
 
 INK = 200  # every digit of the bank: a solid 20x20 block of ink at rows and columns 4..23, as MNIST centres its ink
 

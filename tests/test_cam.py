@@ -13,9 +13,7 @@ from cnnlab.config.schema import MAP_BASELINES, MAP_METHODS
 from cnnlab.errors import CheckpointError, ConfigError
 from cnnlab.records import figures
 from cnnlab.vision.maps import normalize_per_image
-from tests import test_localize as localize
-from tests.conftest import run_app
-from tests.test_localize import canvas_checkpoint, cifar_checkpoint, mnist_checkpoint  # noqa: F401 (fixtures)
+from tests.helpers import QUALITY, assert_localizes, run_app
 
 PGC = ["pgc:ScoreCAM", "pgc:HiResCAM"]
 needs_pgc = pytest.mark.skipif(importlib.util.find_spec("pytorch_grad_cam") is None, reason="the cam extra")
@@ -46,7 +44,7 @@ def test_per_image_normalization_is_min_max_scaling_of_each_map():
 
 
 @pytest.mark.parametrize("method", EVERY)
-def test_every_method_runs_on_canvases(tmp_path, mnist_checkpoint, method):  # noqa: F811
+def test_every_method_runs_on_canvases(tmp_path, mnist_checkpoint, method):
     result = run_app(tmp_path, "task=cam", f"checkpoint={mnist_checkpoint}", f"task.method={method}", *SMALL)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert result == metrics["loc_acc"]
@@ -57,7 +55,7 @@ def test_every_method_runs_on_canvases(tmp_path, mnist_checkpoint, method):  # n
     assert (tmp_path / "figures" / "cam.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_the_class_comes_from_the_same_pooling_whatever_the_map(tmp_path, mnist_checkpoint):  # noqa: F811
+def test_the_class_comes_from_the_same_pooling_whatever_the_map(tmp_path, mnist_checkpoint):
     found = {}
     for method in ("fully-conv", "cam", "ink", "random"):
         run_app(tmp_path / method, "task=cam", f"checkpoint={mnist_checkpoint}", f"task.method={method}", *SMALL)
@@ -67,17 +65,15 @@ def test_the_class_comes_from_the_same_pooling_whatever_the_map(tmp_path, mnist_
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["cam", "grad-cam", "score-cam"])
-def test_class_maps_of_a_briefly_trained_classifier_localize(tmp_path, canvas_checkpoint, method):  # noqa: F811
-    result = run_app(
-        tmp_path, "task=cam", f"checkpoint={canvas_checkpoint}", f"task.method={method}", *localize.QUALITY
-    )
+def test_class_maps_of_a_briefly_trained_classifier_localize(tmp_path, canvas_checkpoint, method):
+    result = run_app(tmp_path, "task=cam", f"checkpoint={canvas_checkpoint}", f"task.method={method}", *QUALITY)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert result == metrics["loc_acc"] and metrics["task.method"] == method
-    localize.assert_localizes(metrics)
+    assert_localizes(metrics)
 
 
 @pytest.mark.parametrize("method", EVERY)
-def test_every_method_runs_on_test_images(tmp_path, cifar_checkpoint, method):  # noqa: F811
+def test_every_method_runs_on_test_images(tmp_path, cifar_checkpoint, method):
     overrides = ["task=cam", f"checkpoint={cifar_checkpoint}", "task.source=test", "task.figure_count=3"]
     layer = [] if method in ("fully-conv", "cam") or method in MAP_BASELINES else ["task.layer=stage2"]
     result = run_app(tmp_path, *overrides, f"task.method={method}", *layer)
@@ -86,7 +82,7 @@ def test_every_method_runs_on_test_images(tmp_path, cifar_checkpoint, method):  
     assert (tmp_path / "figures" / "cam.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_cam_overlays_on_cifar_test_images(tmp_path, cifar_checkpoint, monkeypatch):  # noqa: F811
+def test_cam_overlays_on_cifar_test_images(tmp_path, cifar_checkpoint, monkeypatch):
     overrides = ["task=cam", f"checkpoint={cifar_checkpoint}", "task.figure_count=6"]
     with pytest.raises(ConfigError, match="task.monitor='loc_acc'.*source=test"):  # no boxes on test images
         run_app(tmp_path / "a", *overrides, "task.source=test", "task.monitor=loc_acc")
@@ -110,7 +106,7 @@ def test_cam_overlays_on_cifar_test_images(tmp_path, cifar_checkpoint, monkeypat
     assert drawn["overlays"].shape == (6, 32, 32) and drawn["overlays"].amax(dim=(1, 2)).min() > 0.99
 
 
-def test_cam_checks_its_options_before_work(tmp_path, mnist_checkpoint):  # noqa: F811
+def test_cam_checks_its_options_before_work(tmp_path, mnist_checkpoint):
     base = ["task=cam", f"checkpoint={mnist_checkpoint}"]
     with pytest.raises(ConfigError, match="task.method='score_cam' is not allowed: one of fully-conv, cam") as e:
         run_app(tmp_path / "a", *base, "task.method=score_cam")
@@ -127,7 +123,7 @@ def test_cam_checks_its_options_before_work(tmp_path, mnist_checkpoint):  # noqa
         assert not (tmp_path / run / "metrics.json").exists()
 
 
-def test_a_library_method_without_the_extra_is_one_clear_error(tmp_path, mnist_checkpoint, monkeypatch):  # noqa: F811
+def test_a_library_method_without_the_extra_is_one_clear_error(tmp_path, mnist_checkpoint, monkeypatch):
     monkeypatch.setitem(sys.modules, "pytorch_grad_cam", None)  # what a missing package looks like to import
     with pytest.raises(ConfigError, match=r"task.method='pgc:ScoreCAM' is not allowed: .*pip install -e \"\.\[cam\]\""):
         run_app(tmp_path, "task=cam", f"checkpoint={mnist_checkpoint}", "task.method=pgc:ScoreCAM")

@@ -8,7 +8,6 @@ import pickle
 import random
 import signal
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +16,8 @@ import torch
 from cnnlab.errors import CheckpointError
 from cnnlab.models.resnet import ResNet
 from cnnlab.records import checkpoint
-from cnnlab.tasks.parts import restore_model
+from cnnlab.tasks.build import restore_model
+from tests.helpers import Payload
 
 
 def test_kill_during_a_checkpoint_write_leaves_the_previous_one_intact(tmp_path):
@@ -90,16 +90,6 @@ def test_the_header_reads_the_plain_values_without_loading_tensors(tmp_path):
     path = checkpoint.save({"config": {"seed": 3}, "model": {"w": torch.arange(4.0)}}, tmp_path / "c.pt")
     header = checkpoint.header(path)
     assert header["config"] == {"seed": 3} and torch.equal(header["model"]["w"], torch.arange(4.0))
-
-
-class Payload:
-    """Unpickling this calls open(marker, 'w'): a stand-in for any code an attacker wants to run."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
 
 
 @pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])

@@ -10,8 +10,7 @@ import yaml
 
 from cnnlab.records.status import read_status
 from cnnlab.report import main as report_main
-from tests.conftest import cli, run_app
-from tests.test_report import accuracy, make_run
+from tests.helpers import accuracy, cli, make_run, run_app
 
 SCRIPT = Path(sys.executable).parent / "cnnlab"  # the console script pip install -e . put beside the interpreter
 
@@ -125,3 +124,16 @@ def test_evaluate_warns_that_model_overrides_are_ignored(tmp_path):
     assert says in (run_dir / "cnnlab.log").read_text()
     evaluated = json.loads((run_dir / "metrics.json").read_text())
     assert evaluated["model"] == "mlp" and evaluated["test_acc"] == trained["test_acc"]  # the checkpoint's model
+
+
+def test_optunas_no_completed_trial_message_is_known() -> None:
+    """The one plugin message matched by its text: Optuna's storages raise it from get_best_trial."""
+    import inspect
+
+    from optuna.storages import BaseStorage
+
+    from cnnlab.app.launch import no_trial_completed
+
+    assert "No trials are completed yet." in inspect.getsource(BaseStorage.get_best_trial)
+    assert no_trial_completed(ValueError("No trials are completed yet."))
+    assert not no_trial_completed(ValueError("model.depth=21 is not allowed"))

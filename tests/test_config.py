@@ -6,7 +6,6 @@ line with exit code 2 before anything is written.
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import re
 import shlex
@@ -19,45 +18,21 @@ from typing import Any, get_args
 import pytest
 import torch
 import yaml
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from cnnlab import CONF_DIR
+from cnnlab.config import CONF_DIR
 from cnnlab.config.checks import validate
 from cnnlab.config.messages import explain, yaml_text
-from cnnlab.config.schema import GROUPS, SCHEMAS, Config, register
+from cnnlab.config.schema import GROUPS, SCHEMAS, Config
 from cnnlab.errors import ConfigError
-from tests.conftest import cli, run_app
+from tests.helpers import cli, compose_config, compose_hydra, composed, run_app
 
 SCHEMA_GROUPS = ("task", "model", "dataset", "optimizer", "scheduler", "trainer", "runtime", "logger", "paths")
 OPTIONS = [(group, path.stem) for group in SCHEMA_GROUPS for path in sorted((CONF_DIR / group).glob("*.yaml"))]
 LAUNCHERS = sorted(path.stem for path in (CONF_DIR / "launcher").glob("*.yaml"))
 EXPERIMENTS = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
 TINY_RESNET = ["model.depth=8", "model.width=4"]
-
-
-@functools.cache
-def _compose(overrides: tuple[str, ...], hydra: bool) -> DictConfig:
-    register()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
-
-
-def composed(*overrides: str) -> DictConfig:
-    """The app config as `python -m cnnlab <overrides>` composes it (Hydra takes ~0.3 s a composition: cached).
-
-    Tasks on a trained model get a checkpoint path (they require one; the file is not read here)."""
-    if any(o in ("task=evaluate", "task=localize", "task=cam") for o in overrides):
-        overrides = (
-            (*overrides, "checkpoint=trained/best.pt") if not any("checkpoint=" in o for o in overrides) else overrides
-        )
-    return copy.deepcopy(_compose(overrides, False))
-
-
-def compose_hydra(*overrides: str) -> DictConfig:
-    """The same with its hydra node (launcher, sweeper)."""
-    return copy.deepcopy(_compose(overrides, True))
 
 
 def yaml_of(group: str, option: str) -> dict[str, Any]:
@@ -128,14 +103,14 @@ def test_dataset_options_shape_the_model(tmp_path, option):
 def test_optimizer_options_are_partials_of_torch_optimizers(tmp_path, option, cls):
     assert {stem for g, stem in OPTIONS if g == "optimizer"} == {"sgd", "adam", "adamw"}
     cfg = composed(f"optimizer={option}")
-    raw = yaml_of("optimizer", option)
     optimizer = instantiate(cfg.optimizer)(instantiate(cfg.model).parameters())
     assert type(optimizer) is cls
-    group = optimizer.param_groups[0]
-    assert group["lr"] == pytest.approx(float(raw["lr"]))  # PyYAML reads 1e-3 as text: compare as numbers
-    assert group["weight_decay"] == pytest.approx(float(raw["weight_decay"]))
+    group = optimizer.param_groups[0]  # the composed values (the schema's defaults) reach torch
+    assert group["lr"] == pytest.approx(cfg.optimizer.lr)
+    assert group["weight_decay"] == pytest.approx(cfg.optimizer.weight_decay)
     if option == "sgd":
-        assert group["momentum"] == pytest.approx(float(raw["momentum"])) and group["nesterov"] is raw["nesterov"]
+        assert group["momentum"] == pytest.approx(cfg.optimizer.momentum)
+        assert group["nesterov"] is cfg.optimizer.nesterov
 
 
 def test_adamw_is_not_adam_with_another_name(tmp_path):
@@ -566,7 +541,7 @@ def test_cross_checks_allow_the_consistent_settings(overrides):
 def composition_error(overrides: list[str]) -> ConfigError:
     """The ConfigError `python -m cnnlab <overrides>` prints for an override Hydra refuses while composing."""
     try:
-        _compose.__wrapped__(tuple(overrides), False)
+        compose_config.__wrapped__(tuple(overrides), False)
     except Exception as e:  # what Hydra raises to cnnlab.__main__.main (HYDRA_FULL_ERROR=1)
         mapped = explain(e, overrides)
         assert mapped is not None, f"{type(e).__name__}: {e} would end in a traceback"

@@ -13,7 +13,7 @@ from torchvision import datasets
 from cnnlab.data import sources
 from cnnlab.data.loader import DeviceLoader, split_train_val
 from cnnlab.errors import DataError
-from tests.conftest import synthetic_digits, write_cifar10, write_idx, write_mnist
+from tests.helpers import synthetic_digits, write_cifar10, write_idx, write_mnist
 
 
 @pytest.mark.parametrize("gz", [True, False])

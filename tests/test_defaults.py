@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from omegaconf import OmegaConf
 
-from cnnlab import CONF_DIR
+from cnnlab.config import CONF_DIR
 from cnnlab.config.schema import SCHEMAS
 
 SCHEMA_LINE = re.compile(r"/schema_(\w+?)_(\w+)@_here_")

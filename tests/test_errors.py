@@ -19,8 +19,7 @@ from cnnlab.records import checkpoint
 from cnnlab.records.status import read_status
 from cnnlab.report import load_runs
 from cnnlab.training.trainer import DivergenceError
-from tests.conftest import cli, run_app, write_mnist
-from tests.test_checkpoint import Payload
+from tests.helpers import Payload, cli, run_app, write_mnist
 
 TINY = ["trainer.max_steps=2", "runtime.figures=false"]
 

@@ -19,9 +19,7 @@ from cnnlab.vision.faithfulness import (
     ranks,
 )
 from cnnlab.vision.sanity import PASS_BELOW, cascade, spearman, top_down
-from tests.conftest import run_app
-from tests.test_localize import cifar_checkpoint, mnist_checkpoint  # noqa: F401 (fixtures)
-from tests.test_vision import small_resnet
+from tests.helpers import run_app, small_resnet
 
 SMALL = ["task.canvas.count=6", "task.canvas.size=64", "task.figure_count=2", "task.faithfulness_count=4"]
 
@@ -98,7 +96,7 @@ def test_sanity_flags_a_baseline_and_passes_grad_cam():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["grad-cam", "ink"])
-def test_cam_writes_faithfulness_and_sanity(tmp_path, mnist_checkpoint, method):  # noqa: F811
+def test_cam_writes_faithfulness_and_sanity(tmp_path, mnist_checkpoint, method):
     run_app(tmp_path, "task=cam", f"checkpoint={mnist_checkpoint}", f"task.method={method}", *SMALL)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert 0 <= metrics["deletion_auc"] <= 1 and 0 <= metrics["insertion_auc"] <= 1
@@ -109,7 +107,7 @@ def test_cam_writes_faithfulness_and_sanity(tmp_path, mnist_checkpoint, method):
 
 
 @pytest.mark.slow
-def test_faithfulness_on_test_images(tmp_path, cifar_checkpoint):  # noqa: F811
+def test_faithfulness_on_test_images(tmp_path, cifar_checkpoint):
     overrides = ["task=cam", f"checkpoint={cifar_checkpoint}", "task.source=test", "task.faithfulness_count=3"]
     run_app(tmp_path, *overrides, "task.method=grad-cam", "task.figure_count=2", "task.sanity_count=2")
     metrics = json.loads((tmp_path / "metrics.json").read_text())

@@ -20,7 +20,7 @@ from cnnlab.training import hardware
 from cnnlab.training.hardware import gpu_lease, resolve_precision, resumed_precision
 from cnnlab.training.scheduler import constant
 from cnnlab.training.trainer import Trainer, compiled_graphs
-from tests.conftest import run_app
+from tests.helpers import run_app
 
 CPU = torch.device("cpu")
 
@@ -167,7 +167,7 @@ def test_compile_does_not_recompile_across_epochs(tmp_path, monkeypatch):
 
 
 def test_drop_last_follows_runtime_compile(tmp_path):
-    from tests.conftest import make_config
+    from tests.helpers import make_config
 
     assert make_config(tmp_path, ["runtime.compile=true"]).trainer.drop_last is True
     assert make_config(tmp_path, []).trainer.drop_last is False

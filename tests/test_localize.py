@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,73 +13,12 @@ from cnnlab.data.canvas import make_canvases
 from cnnlab.errors import ConfigError
 from cnnlab.models.resnet import ResNet
 from cnnlab.records import checkpoint
-from cnnlab.tasks.parts import canvases_for
+from cnnlab.tasks.build import canvases_for
 from cnnlab.vision.boxes import Detections, connected_components, detect, pool_scores, regions
 from cnnlab.vision.canvas_eval import Scores
 from cnnlab.vision.maps import cell_centers, upsample_cells
 from cnnlab.vision.methods import FullyConv
-from tests.conftest import run_app, write_cifar10
-
-TINY = ["model=resnet", "model.depth=8", "model.width=4", "trainer.max_steps=2", "runtime.figures=false"]
-
-
-# A small ResNet that localizes after a brief training (see README, Localization): pad-and-crop shows it digits
-# anywhere with black around, the cosine schedule ends training. Measured on the QUALITY canvases (seed 0):
-# cls_acc 0.94, loc_acc 0.86 (cam 0.80), center_err_px 2.1; 200 steps: loc_acc 0.64; with dataset.background=0.25
-# (width 16) loc_acc drops from 0.90 to 0.64, so this recipe has no background class.
-CANVAS_CLASSIFIER = [
-    "model=resnet",
-    "model.depth=8",
-    "model.width=8",
-    "dataset.augment.pad=8",
-    "scheduler=cosine",
-    "trainer.epochs=null",
-    "trainer.max_steps=300",
-    "trainer.batch_size=64",
-    "runtime.figures=false",
-]
-# its benchmark: 50 single-digit canvases of 64 px, quality metrics only
-QUALITY = ["task.canvas.count=50", "task.canvas.size=64", "task.figure_count=2"]
-QUALITY += ["task.faithfulness=false", "task.sanity=false"]
-
-
-def trained_checkpoint(
-    tmp_path_factory: pytest.TempPathFactory, name: str, *overrides: str, recipe: list[str] = TINY
-) -> Path:
-    """A ResNet trained by `recipe` (default: a tiny one, a few steps), once per test session (shared by
-    test_localize and test_cam: the checkpoint is found on disk by the second)."""
-    run_dir = tmp_path_factory.getbasetemp() / f"tiny-{name}"
-    path = run_dir / "checkpoints" / "best.pt"
-    if not path.is_file():
-        run_app(run_dir, *recipe, *overrides)
-    return path
-
-
-def assert_localizes(metrics: dict) -> None:
-    """The issue's bar for a classifier that localizes, on the QUALITY canvases."""
-    found = {k: metrics[k] for k in ("cls_acc", "loc_acc", "center_err_px", "mean_iou", "pointing_acc")}
-    assert metrics["canvases"] == 50, found
-    assert found["cls_acc"] >= 0.5 and found["loc_acc"] >= 0.5 and found["center_err_px"] < 4, found
-
-
-@pytest.fixture
-def mnist_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return trained_checkpoint(tmp_path_factory, "mnist")
-
-
-@pytest.fixture(scope="session")
-def canvas_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """CANVAS_CLASSIFIER trained on the bundled MNIST sample (300 steps of 64: under a minute on one CPU thread)."""
-    return trained_checkpoint(tmp_path_factory, "canvas", recipe=CANVAS_CLASSIFIER)
-
-
-@pytest.fixture
-def cifar_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = write_cifar10(tmp_path_factory.getbasetemp() / "cifar")
-    return trained_checkpoint(
-        tmp_path_factory, "cifar", "dataset=cifar10", f"dataset.root={root}", "dataset.val_size=50"
-    )
-
+from tests.helpers import QUALITY, assert_localizes, run_app
 
 # ---------------------------------------------------------------- fully convolutional conversion
 

@@ -29,7 +29,7 @@ def test_the_bar_shows_the_recent_rate_only(monkeypatch):
 
 
 def test_a_run_counts_epochs_from_one(tmp_path, caplog):
-    from tests.conftest import run_app
+    from tests.helpers import run_app
 
     with caplog.at_level(logging.INFO, logger="cnnlab"):
         run_app(tmp_path, "model.hidden=[8]", "trainer.epochs=2", "runtime.log_every=30", "runtime.figures=false")

@@ -20,8 +20,7 @@ from cnnlab.records.status import read_status, write_status
 from cnnlab.records.tracking import NullLogger
 from cnnlab.report import report
 from cnnlab.training.stop import Interrupted, stop
-from tests.conftest import ROOT, run_app
-from tests.test_report import make_run
+from tests.helpers import ROOT, make_run, run_app
 
 RUN = ("model.hidden=[8]", "trainer.max_steps=4", "trainer.eval_every=2", "runtime.figures=false")
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="needs the git binary")

@@ -14,53 +14,9 @@ from cnnlab.records.status import write_status
 from cnnlab.report import load_runs, main, report
 from cnnlab.training.stop import Interrupted
 from cnnlab.training.trainer import DivergenceError
+from tests.helpers import accuracy, make_run
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def make_run(
-    job: Path,
-    overrides: list[str],
-    test_acc: float | None = None,
-    model: dict | None = None,
-    steps: int = 40,
-    status: str | None = None,
-    error: BaseException | None = None,
-    dataset: str = "mnist_sample",
-    extra: dict | None = None,
-    **fields: object,
-) -> Path:
-    """A run dir as cnnlab leaves it: .hydra/, and metrics.json + history.jsonl when the run completed."""
-    (job / ".hydra").mkdir(parents=True)
-    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    values = dict(o.split("=", 1) for o in overrides)
-    model = model or {
-        "_target_": "cnnlab.models.resnet.ResNet",
-        "depth": int(values.get("model.depth", 20)),
-        "residual": values.get("model.residual", "true") == "true",
-        "shortcut": "A",
-        "in_channels": "${dataset.shape.0}",  # left unresolved, as Hydra saves it
-    }
-    config = {"seed": int(values.get("seed", 0)), "model": model, "dataset": {"name": dataset, "shape": [1, 28, 28]}}
-    config.update(extra or {})  # e.g. the recipe keys the CIFAR-10 check compares
-    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
-    if test_acc is not None:
-        metrics = {"test_acc": test_acc, "best_val_acc": test_acc + 0.01, "params": 269_434, "epochs": 2.0}
-        (job / "metrics.json").write_text(json.dumps({**metrics, "seconds": 75.0, "steps": steps}))
-        history = [
-            {"step": s, "epoch": s / 20, "train_loss": 1.0, "train_acc": 0.5 + s / 200, "val_acc": test_acc * s / steps}
-            for s in range(10, steps + 1, 10)
-        ]
-        (job / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
-    if status is not None:
-        write_status(job, status, overrides, error, **fields)
-    return job
-
-
-def accuracy(depth: int, residual: bool, seed: int) -> float:
-    """Fabricated test accuracy: the degradation pattern, plus a seed-dependent wobble."""
-    base = 0.90 + (0.002 if residual else -0.003) * (depth - 20) / 12
-    return round(base + 0.004 * seed, 4)
 
 
 @pytest.fixture

@@ -9,8 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from cnnlab.report.canvas import canvas_kind, load_canvas_runs, report_canvas, write_canvas
-from tests.conftest import run_app
-from tests.test_localize import mnist_checkpoint  # noqa: F401 (fixture)
+from tests.helpers import run_app
 
 
 def fake_run(path: Path, method: str, digits: int = 1, clutter: int = 0, **metrics: object) -> Path:
@@ -64,7 +63,7 @@ def test_report_with_canvas_runs_only_writes_results_md(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_real_cam_runs_make_one_table_and_one_figure(tmp_path, mnist_checkpoint):  # noqa: F811
+def test_two_real_cam_runs_make_one_table_and_one_figure(tmp_path, mnist_checkpoint):
     small = ["task.canvas.count=4", "task.canvas.size=64", "task.figure_count=3", "task.faithfulness_count=2"]
     for i, method in enumerate(["grad-cam", "ink"]):
         run_app(tmp_path / str(i), "task=cam", f"checkpoint={mnist_checkpoint}", f"task.method={method}", *small)

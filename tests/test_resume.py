@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -10,27 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from cnnlab.errors import CheckpointError
 from cnnlab.records import checkpoint
 from cnnlab.records.status import read_status
 from cnnlab.report import load_runs
 from cnnlab.training.trainer import truncate_history
-from tests.conftest import ROOT, cli, run_app
+from tests.helpers import RESUME_RUN, ROOT, assert_same_run, cli, run_app
 
-# 7000 train images / 256 = 28 steps per epoch, 56 in all; dropout draws from the torch RNG every step.
-RUN = [
-    "logger=none",
-    "runtime.threads=1",
-    "runtime.figures=false",
-    "model.hidden=[16]",
-    "model.dropout=0.1",
-    "trainer.batch_size=256",
-    "trainer.epochs=2",
-    "runtime.checkpoint_every=10",
-    "runtime.log_every=5",
-]
 KILL_AT = 37  # mid-epoch 2: the last periodic checkpoint is at step 30, the last evaluation at 28
 
 # Runs cnnlab in a child that sends itself `signal` just before its training batch number `at` is used.
@@ -69,33 +55,20 @@ def run_killed(sig: int, at: int, *overrides: str) -> subprocess.CompletedProces
 def reference(tmp_path_factory) -> Path:
     """The same run, never interrupted."""
     run_dir = tmp_path_factory.mktemp("reference")
-    run_app(run_dir, *RUN)
+    run_app(run_dir, *RESUME_RUN)
     return run_dir
-
-
-def assert_same_run(run_dir: Path, reference: Path) -> None:
-    for name in ("last.pt", "best.pt"):
-        ours, theirs = (checkpoint.load(d / "checkpoints" / name) for d in (run_dir, reference))
-        assert ours["model"].keys() == theirs["model"].keys()
-        for key, tensor in ours["model"].items():
-            assert torch.equal(tensor, theirs["model"][key]), f"{name}: {key} differs"
-        assert ours["train_state"]["step"] == theirs["train_state"]["step"]
-    ours, theirs = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, reference))
-    for key in ("test_acc", "test_loss", "val_acc", "val_loss", "best_val_acc", "steps", "epochs", "best_step"):
-        assert ours[key] == theirs[key], key
-    assert (run_dir / "history.jsonl").read_text() == (reference / "history.jsonl").read_text()
 
 
 def test_sigkill_mid_epoch_then_resume_auto_is_bit_identical(reference, tmp_path):
     out = tmp_path / "outputs"
-    killed = run_killed(signal.SIGKILL, KILL_AT, *RUN, f"paths.output_dir={out}")
+    killed = run_killed(signal.SIGKILL, KILL_AT, *RESUME_RUN, f"paths.output_dir={out}")
     assert killed.returncode == -signal.SIGKILL
     (run_dir,) = [p.parent for p in out.rglob("checkpoints")]
     assert checkpoint.load(run_dir / "checkpoints" / "last.pt")["train_state"]["step"] == 30
     assert not (run_dir / "metrics.json").exists()
     assert read_status(run_dir)["status"] == "running"  # a SIGKILL leaves no word: the report calls it unfinished
 
-    resumed = cli(*RUN, f"paths.output_dir={out}", "runtime.resume=auto")
+    resumed = cli(*RESUME_RUN, f"paths.output_dir={out}", "runtime.resume=auto")
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(run_dir, reference)
     assert read_status(run_dir)["status"] == "completed"
@@ -108,7 +81,7 @@ def test_sigkill_mid_epoch_then_resume_auto_is_bit_identical(reference, tmp_path
 )
 def test_signal_writes_checkpoint_prints_resume_command_and_resumes(reference, tmp_path, sig):
     run_dir = tmp_path / "run"
-    stopped = run_killed(sig, KILL_AT, *RUN, f"hydra.run.dir={run_dir}")
+    stopped = run_killed(sig, KILL_AT, *RESUME_RUN, f"hydra.run.dir={run_dir}")
     assert stopped.returncode == 128 + sig, stopped.stderr
     assert f"interrupted by {sig.name} at step {KILL_AT}" in stopped.stderr
     assert "resume with: python -m cnnlab" in stopped.stderr and f"runtime.resume={run_dir}" in stopped.stderr
@@ -124,7 +97,7 @@ def test_signal_writes_checkpoint_prints_resume_command_and_resumes(reference, t
 
     # the resume, as a user runs it (status.json is the Hydra job's): outputs elsewhere go to tmp_path
     last = run_dir / "checkpoints" / "last.pt"
-    resumed = cli(*RUN, f"paths.output_dir={tmp_path / 'outputs'}", f"runtime.resume={last}")
+    resumed = cli(*RESUME_RUN, f"paths.output_dir={tmp_path / 'outputs'}", f"runtime.resume={last}")
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(run_dir, reference)
     assert read_status(run_dir)["status"] == "completed" and "previous" not in read_status(run_dir)
@@ -133,7 +106,7 @@ def test_signal_writes_checkpoint_prints_resume_command_and_resumes(reference, t
 
 def test_resume_with_another_model_says_what_differs(reference, tmp_path):
     with pytest.raises(CheckpointError, match=r"model.hidden: \[16\] in the checkpoint, \[32\] now"):
-        run_app(tmp_path, *RUN[:3], "model.hidden=[32]", *RUN[4:], f"runtime.resume={reference}")
+        run_app(tmp_path, *RESUME_RUN[:3], "model.hidden=[32]", *RESUME_RUN[4:], f"runtime.resume={reference}")
     assert not (tmp_path / "metrics.json").exists()
 
 
@@ -146,7 +119,7 @@ def test_truncate_history_keeps_rows_up_to_the_checkpoint(tmp_path):
 
 @pytest.mark.slow
 def test_a_resumed_run_continues_its_wandb_run(tmp_path):
-    run = [o for o in RUN if not o.startswith("logger=")] + ["logger=wandb", f"hydra.run.dir={tmp_path}"]
+    run = [o for o in RESUME_RUN if not o.startswith("logger=")] + ["logger=wandb", f"hydra.run.dir={tmp_path}"]
     stopped = run_killed(signal.SIGTERM, KILL_AT, *run)
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr
     (first,) = (tmp_path / "wandb").glob("offline-run-*")

@@ -16,7 +16,7 @@ from cnnlab.records.status import write_status
 from cnnlab.report import report
 from cnnlab.report.runs import load_runs
 from cnnlab.report.search import command, load_search
-from tests.conftest import ROOT, cli
+from tests.helpers import ROOT, cli
 
 TINY = ["model.depth=8", "model.width=2", "runtime.threads=1", "runtime.figures=false", "runtime.checkpoint=false"]
 OPTUNA = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"

@@ -15,13 +15,14 @@ from pathlib import Path
 import pytest
 import yaml
 from hydra.core.utils import JobReturn, JobStatus
+from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from cnnlab.errors import ConfigError, UserError
 from cnnlab.records.status import read_status, write_status
 from cnnlab.sweeps.callbacks import JobFailed, JobStatusCallback, print_summary
 from cnnlab.sweeps.wandb_yaml import hydra_grid, main, sweep_config
-from tests.conftest import cli, make_config
+from tests.helpers import cli, make_config
 
 TINY = ["trainer.max_steps=2", "runtime.threads=1", "runtime.figures=false", "runtime.checkpoint=false"]
 
@@ -206,7 +207,9 @@ def test_job_status_callback_sends_failures_back_in_a_form_a_worker_can_pickle(
     errors = [RuntimeError("kernel died"), Unpicklable(1, 2), ConfigError("optimizer.lr", -1, "a positive number")]
     returns = []
     for num, error in enumerate(errors):
-        config = OmegaConf.create({"hydra": {"runtime": {"output_dir": str(tmp_path / str(num))}}})
+        config = OmegaConf.create(
+            {"hydra": {"mode": RunMode.MULTIRUN, "runtime": {"output_dir": str(tmp_path / str(num))}}}
+        )
         (tmp_path / str(num) / ".hydra").mkdir(parents=True)
         (tmp_path / str(num) / ".hydra" / "overrides.yaml").write_text(f"- seed={num}\n")
         write_status(tmp_path / str(num), "failed", [f"seed={num}"], error)

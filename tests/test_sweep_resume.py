@@ -20,12 +20,10 @@ from cnnlab.records.status import read_status, write_status
 from cnnlab.report import load_runs, report
 from cnnlab.sweeps import resume as sweep_resume
 from cnnlab.sweeps.callbacks import print_summary
-from tests.conftest import ROOT, cli, run_app
-from tests.test_resume import RUN as SINGLE_RUN
-from tests.test_resume import assert_same_run
+from tests.helpers import RESUME_RUN, ROOT, assert_same_run, cli, run_app
 
-# test_resume's run for one epoch: 28 steps, last.pt every 10 steps; dropout draws from the torch RNG
-RUN = [o for o in SINGLE_RUN if not o.startswith(("trainer.epochs=", "runtime.log_every="))] + ["trainer.epochs=1"]
+# test_resume's run (RESUME_RUN) for one epoch: 28 steps, last.pt every 10 steps; dropout draws from the torch RNG
+RUN = [o for o in RESUME_RUN if not o.startswith(("trainer.epochs=", "runtime.log_every="))] + ["trainer.epochs=1"]
 GRID = ["seed=0,1", "optimizer.lr=0.1,0.05"]  # jobs 0..3: (0, 0.1), (0, 0.05), (1, 0.1), (1, 0.05)
 JOBS = [[f"seed={s}", f"optimizer.lr={lr}"] for s in (0, 1) for lr in (0.1, 0.05)]
 

@@ -6,7 +6,7 @@ import json
 import struct
 from pathlib import Path
 
-from tests.conftest import run_app
+from tests.helpers import run_app
 
 BLOCK, HEADER = 32 * 1024, 7  # the .wandb file: LevelDB's log format, 32 KiB blocks, 7-byte record headers
 

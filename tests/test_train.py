@@ -9,7 +9,7 @@ from cnnlab.config.schema import RuntimeConfig, TrainerConfig
 from cnnlab.models.resnet import ResNet
 from cnnlab.records import checkpoint
 from cnnlab.training.trainer import Trainer
-from tests.conftest import run_app, write_cifar10
+from tests.helpers import run_app, write_cifar10
 
 METRIC_KEYS = {
     "test_acc",

@@ -12,17 +12,7 @@ from cnnlab.vision import METHODS, make_method
 from cnnlab.vision.canvas_eval import SharedPass
 from cnnlab.vision.maps import ClassMaps, normalize_per_image
 from cnnlab.vision.methods import CAM, FullyConv, GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM, XGradCAM
-
-
-def small_resnet(seed: int = 0) -> ResNet:
-    torch.manual_seed(seed)
-    model = ResNet(depth=8, width=8, in_channels=1).eval()
-    for m in model.modules():  # non-trivial BN statistics, as after training
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-    torch.nn.init.normal_(model.fc.bias)
-    return model
+from tests.helpers import small_resnet
 
 
 def test_the_registry_is_the_schemas_list_of_names():

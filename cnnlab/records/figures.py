@@ -16,13 +16,34 @@ CAPTION_PT = 7.0
 COLORBAR_LABEL = "map, normalized to [0, 1]"
 
 
-def pyplot() -> Any:
-    import matplotlib
+class Figures:
+    """pyplot's figure, subplots and close without pyplot's global state: figures are drawn off-screen and saved,
+    and the caller's backend (a notebook's inline one) is left as it is."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    @staticmethod
+    def figure(**kwargs: Any) -> Any:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
 
-    return plt
+        fig = Figure(**kwargs)
+        FigureCanvasAgg(fig)  # drawn by Agg, as the PNG files are
+        return fig
+
+    @staticmethod
+    def subplots(*args: Any, figsize: Any = None, layout: Any = None, **kwargs: Any) -> tuple[Any, Any]:
+        fig = Figures.figure(figsize=figsize, layout=layout)
+        return fig, fig.subplots(*args, **kwargs)
+
+    @staticmethod
+    def close(fig: Any) -> None:
+        """Nothing to close: no pyplot figure manager holds it."""
+
+
+FIGURES = Figures()
+
+
+def pyplot() -> Figures:
+    return FIGURES
 
 
 def training_curves(history: Sequence[dict[str, float]], path: Path, title: str | None = None) -> Path:
