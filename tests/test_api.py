@@ -106,3 +106,28 @@ def test_explain_takes_none_an_int_or_a_vector_of_classes(trained: api.Result, d
     )
     with pytest.raises(ValueError, match=r"an int or a \(16,\) tensor"):
         api.explain(loaded, images, classes=torch.zeros(16, 1, dtype=torch.long))
+
+
+def test_class_maps_of_ones_own_png_files(tmp_path: Path, trained: api.Result, digits) -> None:
+    """task=cam task.images=<folder>: overlays, and per file the class and probability the model gives them."""
+    from PIL import Image
+
+    images, _ = digits
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for i, image in enumerate(images[:10]):
+        Image.fromarray(image.numpy()).save(folder / f"digit{i}.png")
+    Image.fromarray(np.stack([images[0].numpy()] * 3, -1)).save(folder / "zz_rgb.png")  # converted to grey
+    result = api.run(["task=cam", f"checkpoint={trained.run_dir}", f"task.images={folder}", *QUIET,
+                      f"paths.output_dir={tmp_path / 'out'}", "runtime.figures=true"])  # fmt: skip
+    rows = result.metrics["predictions"]
+    assert [r["file"] for r in rows] == [*(f"digit{i}.png" for i in range(10)), "zz_rgb.png"]
+    loaded = api.load(trained.run_dir)
+    with torch.no_grad():
+        probabilities = loaded.model(loaded.preprocess(images[:10])).softmax(1)
+    assert [r["class"] for r in rows[:10]] == probabilities.argmax(1).tolist()
+    assert rows[10]["class"] == rows[0]["class"]  # the same digit, as RGB
+    assert [r["probability"] for r in rows[:10]] == pytest.approx(probabilities.max(1).values.tolist(), abs=1e-3)
+    csv_lines = (result.run_dir / "predictions.csv").read_text().splitlines()
+    assert csv_lines[0] == "file,class,name,probability" and len(csv_lines) == 12
+    assert (result.run_dir / "figures" / "cam.png").is_file()

@@ -327,6 +327,8 @@ class CamConfig(LocalizeConfig):
     name: str = "cam"
     monitor: Optional[str] = None  # null: loc_acc on canvases, cls_acc with source=test
     source: str = rule("canvas", *one_of("canvas", "test"))
+    # a PNG/JPEG file or a folder of them: their maps, classes and probabilities (predictions.csv) instead
+    images: Optional[str] = None
     method: str = rule("cam", METHOD_ALLOWED, _method_ok)
     class_index: Optional[int] = rule(
         None, "null (the predicted class) or a class number", lambda v: v is None or v >= 0

@@ -10,15 +10,20 @@ task=localize is the same with the fully-convolutional score maps and its own de
 
 from __future__ import annotations
 
+import csv
+import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
 
 from cnnlab.config.schema import CANVAS_METRICS
 from cnnlab.data.canvas import Canvases
+from cnnlab.data.files import image_files, read_images
 from cnnlab.errors import ConfigError
 from cnnlab.records import figures
+from cnnlab.records.results import class_name
 from cnnlab.tasks.build import (
     background_index,
     canvases_for,
@@ -30,10 +35,11 @@ from cnnlab.tasks.build import (
 )
 from cnnlab.tasks.context import Context, TaskResult
 from cnnlab.tasks.publish import run_name, settings
-from cnnlab.vision.canvas_eval import BoxRule, Evaluation, batches, evaluate_canvases, evaluate_images
+from cnnlab.vision.canvas_eval import BoxRule, Evaluation, batches, evaluate_canvases, evaluate_images, explain_files
 from cnnlab.vision.faithfulness import KEYS as FAITHFUL_KEYS
 from cnnlab.vision.sanity import cascade
 
+log = logging.getLogger("cnnlab")
 METRIC_KEYS = list(CANVAS_METRICS)
 MAPS_FILE = "maps.pt"  # the first canvases' maps and boxes, for `cnnlab report`'s figure of every method
 MAPS_SAVED = 8
@@ -48,6 +54,8 @@ def run(ctx: Context) -> TaskResult:
     method = class_map_method(model, task, black)
     rule = box_rule(task, method.threshold, int(saved.dataset.num_classes), background_index(saved.dataset))
     shown = int(task.figure_count)
+    if task.get("images"):
+        return of_files(ctx, model, saved, method, rule, stats)
     on_canvas = task.get("source", "canvas") == "canvas"
     if on_canvas:
         canvases = canvases_for(task.canvas, dataset)
@@ -92,6 +100,38 @@ def box_rule(task: DictConfig, threshold: float, classes: int, background: int |
         threshold=threshold if task.get("threshold") is None else float(task.threshold),
         **{k: task[k] for k in keys},
     )
+
+
+def of_files(ctx: Context, model: Any, saved: DictConfig, method: Any, rule: BoxRule, stats: tuple) -> TaskResult:
+    """task.images: maps of one's own image files, with each file's predicted class and its probability
+    (predictions.csv, and `predictions` in metrics.json) and figures/cam.png."""
+    task, names = ctx.cfg.task, class_names(saved.dataset)
+    try:
+        files = image_files(Path(str(task.images)).expanduser())
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError("task.images", task.images, f"a PNG or JPEG file, or a folder of them ({e})") from None
+    images, said = read_images(files, list(saved.dataset.shape))
+    if said:
+        log.info("task.images: %s", said)
+    result, probabilities = explain_files(method, batches(images, *stats, int(task.batch_size)), rule)
+    best, classes = probabilities.max(1)
+    rows = [
+        {"file": f.name, "class": int(c), "name": class_name(int(c), names), "probability": round(float(p), 4)}
+        for f, c, p in zip(files, classes, best, strict=True)
+    ]
+    with open(ctx.run_dir / "predictions.csv", "w", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    result.captions = [f"{r['file']}: {r['name']} {r['probability']:.2f}" for r in rows]
+    shown = int(task.figure_count)
+    name = run_name(saved.model, saved.seed)
+    path = figures.box_grid(images[:shown], torch.stack(result.overlays[:shown]), None, result.found[:shown],
+                            ctx.run_dir / "figures" / "cam.png", f"{task.method}, {name}, on {task.images}",
+                            captions=result.captions[:shown], class_names=names)  # fmt: skip
+    metrics = {**result.metrics, "predictions": rows, **settings(ctx.cfg, saved)}
+    title = f"cam {task.method} {name} on {len(files)} images of {task.images}"
+    return TaskResult(metrics, title, ["images"], "images", figures={"figures/cam": path})
 
 
 def figure(

@@ -167,6 +167,22 @@ def overlay(heat: Tensor, classes: Tensor) -> Tensor:
     return normalize_per_image(heat[torch.arange(len(heat)), classes][:, None])[:, 0]
 
 
+def explain_files(method: ClassMapMethod, batched: Iterable[Tensor], rule: BoxRule) -> tuple[Evaluation, Tensor]:
+    """Images without labels (one's own files): the maps of the class explained, and the (n, K) probabilities."""
+    out, probabilities = Evaluation({}), []
+    for x in batched:
+        with torch.no_grad():
+            p = method.model(x).float().softmax(1).cpu()
+        wanted = explained(p, rule.class_index).argmax(1, keepdim=True)
+        maps = method(x, wanted.to(x.device))
+        heat = normalize_per_image(upsample_cells(maps.maps.float(), maps.stride, tuple(x.shape[2:]), rule.cell_center))
+        out.overlays += list(heat[:, 0].cpu())
+        out.found += [Detections(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), torch.zeros(0))] * len(x)
+        probabilities.append(p)
+    out.metrics = {"images": len(out.overlays)}
+    return out, torch.cat(probabilities)
+
+
 def evaluate_images(
     method: ClassMapMethod,
     labels: Tensor,
