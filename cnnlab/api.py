@@ -8,6 +8,7 @@ class maps of any images, leaving the model as it found it.
 
 from __future__ import annotations
 
+import atexit
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -84,6 +85,7 @@ def multirun(overrides: Sequence[str] = ()) -> list[Result]:
     from hydra.types import RunMode
 
     from cnnlab.app.run import main_job
+    from cnnlab.sweeps.callbacks import print_summary
 
     with _hydra(overrides) as hydra:
         pinned = list(overrides)
@@ -91,7 +93,14 @@ def multirun(overrides: Sequence[str] = ()) -> list[Result]:
             config = hydra.compose_config("config", pinned, run_mode=RunMode.MULTIRUN, with_log_configuration=False)
             pinned.append(f"hydra.sweep.dir={config.hydra.sweep.dir}")
         sweep_dir = Path(pinned[[o.startswith("hydra.sweep.dir=") for o in pinned].index(True)].split("=", 1)[1])
-        hydra.multirun(config_name="config", task_function=main_job, overrides=pinned)
+        try:
+            hydra.multirun(config_name="config", task_function=main_job, overrides=pinned)
+        except Exception:  # a job failed and Hydra re-raised it: the others ran, each status.json says how
+            if not sweep_statuses(sweep_dir):
+                raise
+        finally:
+            atexit.unregister(print_summary)  # the CLI's summary at exit: said here, at the end of the call
+        print_summary(sweep_dir)
     return [Result.of(job) for job in sweep_statuses(sweep_dir.absolute())]
 
 

@@ -131,3 +131,8 @@ def test_class_maps_of_ones_own_png_files(tmp_path: Path, trained: api.Result, d
     csv_lines = (result.run_dir / "predictions.csv").read_text().splitlines()
     assert csv_lines[0] == "file,class,name,probability" and len(csv_lines) == 12
     assert (result.run_dir / "figures" / "cam.png").is_file()
+
+
+def test_a_sweep_with_a_failing_job_gives_every_result(tmp_path: Path) -> None:
+    results = api.multirun([*TINY, "trainer.max_steps=3", "optimizer.lr=0.1,1e12", f"hydra.sweep.dir={tmp_path}"])
+    assert [r.status for r in results] == ["completed", "diverged"]

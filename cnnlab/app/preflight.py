@@ -30,6 +30,7 @@ def check_run(config: DictConfig) -> None:
     spec = config.runtime.get("resume") if "runtime" in config else None
     if spec:
         continue_run(config, str(spec))
+    check_inputs(config)
     ensure_writable(Path(str(config.hydra.run.dir)))
 
 
@@ -57,3 +58,43 @@ def ensure_writable(folder: Path) -> None:
             f"cannot write the run dir {folder} ({e.strerror or e}). Point the outputs at a writable folder with "
             "`paths.output_dir=DIR` (or hydra.run.dir=DIR for one run)."
         ) from None
+
+
+def check_inputs(config: DictConfig) -> None:
+    """What the checkpoint's header, the data files' headers and the model's layer names can tell, before
+    anything is written: what would otherwise fail after the run dir and the W&B run exist."""
+    from hydra.utils import instantiate
+
+    from cnnlab.tasks.build import check_data, class_map_method, own_images, trained_dataset
+    from cnnlab.tasks.context import RunInfo
+
+    task = config.task
+    if task.name == "classify":
+        check_data(config.dataset)
+        return
+    saved = checkpoint_config(config)
+    if saved is None:  # a W&B artifact: read once the run has fetched it
+        return
+    if task.name in ("localize", "cam"):  # the method at its layer on the model the checkpoint holds
+        class_map_method(instantiate(saved.model), task)
+        if task.get("images"):
+            own_images(task)
+            return
+    info = RunInfo(run_dir=Path("."), overrides=tuple(config.hydra.overrides.task))
+    check_data(trained_dataset(saved, config, info))
+
+
+def checkpoint_config(config: DictConfig) -> DictConfig | None:
+    """The config a task's checkpoint was trained with, from its header (a run dir: its best checkpoint)."""
+    import os
+
+    from cnnlab.tasks.build import checkpoint_path
+
+    reference = str(config.checkpoint)
+    if reference.startswith("wandb:"):
+        if os.environ.get("WANDB_MODE") in ("offline", "disabled"):
+            from cnnlab.records.tracking import fetch_artifact
+
+            fetch_artifact(reference, Path("."))  # says why it cannot, before any download or file
+        return None
+    return OmegaConf.create(checkpoint.header(checkpoint_path(reference, Path(".")))["config"])

@@ -205,7 +205,13 @@ def seed_everything(seed: int) -> None:
 
 
 def print_config(cfg: DictConfig) -> None:
+    """One line of what runs (the group choices and the model's shape) or, with runtime.print_config, the tree."""
     from rich.console import Console
+
+    console = Console(stderr=True)
+    if not cfg.runtime.get("print_config"):
+        console.print(f"cnnlab: {choices_line(cfg)}", highlight=False, markup=False, soft_wrap=True)
+        return
     from rich.syntax import Syntax
     from rich.tree import Tree
 
@@ -213,4 +219,27 @@ def print_config(cfg: DictConfig) -> None:
     for key, value in cfg.items():
         text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
         tree.add(str(key)).add(Syntax(text.rstrip(), "yaml", theme="ansi_dark"))
-    Console(stderr=True).print(tree)
+    console.print(tree)
+
+
+def choices_line(cfg: DictConfig) -> str:
+    """e.g. `task=classify model=resnet(depth=20, width=16, residual) dataset=mnist optimizer=sgd(lr=0.1) ...`;
+    a task that restores a checkpoint names it (its model and data are the checkpoint's)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    chosen = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    task = cfg.task.name
+    if task != "classify":
+        method = f" method={cfg.task.method}" if "method" in cfg.task else ""
+        return f"task={task}{method} checkpoint={cfg.checkpoint} seed={cfg.seed} (the checkpoint's model and data)"
+    model = chosen.get("model", "?")
+    if model == "resnet":
+        plain = "" if cfg.model.residual else ", plain"
+        model += f"(depth={cfg.model.depth}, width={cfg.model.width}{plain})"
+    steps = f"max_steps={cfg.trainer.max_steps}" if cfg.trainer.max_steps else f"epochs={cfg.trainer.epochs}"
+    optimizer, scheduler = chosen.get("optimizer", "?"), chosen.get("scheduler", "?")
+    parts = [f"task={task}", f"model={model}", f"dataset={cfg.dataset.name}"]
+    parts += [f"optimizer={optimizer}(lr={cfg.optimizer.lr})", f"scheduler={scheduler}", f"trainer.{steps}"]
+    parts.append(f"seed={cfg.seed}")
+    extra = [f"{group}={chosen[group]}" for group in ("experiment", "debug") if chosen.get(group)]
+    return " ".join(parts + extra)

@@ -62,8 +62,10 @@ def _nearest_depth(depth: Any) -> int:
 @dataclass
 class MLPConfig:
     _target_: str = "cnnlab.models.mlp.MLP"
-    in_shape: List[int] = field(default_factory=lambda: [1, 28, 28])
-    num_classes: int = 10
+    in_shape: List[int] = rule(
+        [1, 28, 28], "[channels, height, width], all positive", lambda v: len(v) == 3 and min(v) > 0
+    )
+    num_classes: int = rule(10, "2 or more classes", lambda v: v >= 2)
     hidden: List[int] = rule([512, 256], "a list of positive layer sizes", lambda v: all(h > 0 for h in v))
     activation: str = rule("relu", *one_of("relu", "gelu", "tanh", "sigmoid"))
     dropout: float = rule(0.0, *PROBABILITY)
@@ -77,8 +79,8 @@ class ResNetConfig:
     residual: bool = True
     shortcut: str = rule("A", *one_of("A", "B", "C"))
     batch_norm: bool = True
-    in_channels: int = 3
-    num_classes: int = 10
+    in_channels: int = rule(3, "a positive number of input channels (the dataset's: dataset.shape.0)", lambda v: v > 0)
+    num_classes: int = rule(10, "2 or more classes", lambda v: v >= 2)
 
 
 # ---------------------------------------------------------------- dataset
@@ -108,6 +110,12 @@ class DatasetConfig:
 
     @staticmethod
     def cross_checks(node: DictConfig) -> Iterator[ConfigError]:
+        channels = node.shape[0] if len(node.shape) == 3 else None
+        for key in ("mean", "std"):
+            if channels is not None and len(node[key]) != channels:
+                shown = "[" + ",".join(["0.5"] * channels) + "]"
+                yield ConfigError(f"dataset.{key}", list(node[key]), f"one value per channel: {channels} for "
+                                  f"dataset.shape={list(node.shape)}", f"dataset.{key}={shown}")  # fmt: skip
         if node.get("background", 0) and node.name not in ("mnist_sample", "mnist", "fashion_mnist"):
             yield ConfigError(
                 "dataset.background",
@@ -213,6 +221,7 @@ class RuntimeConfig:
     checkpoint_every: Optional[int] = rule(None, *POSITIVE_OR_NULL)
     figures: bool = True
     profile: bool = False  # a torch.profiler trace of the first steps in <run dir>/profile/
+    print_config: bool = False  # the whole composed config as a tree at the start (else one line of the choices)
 
 
 # ---------------------------------------------------------------- logger and paths

@@ -171,6 +171,46 @@ def _find_idx(root: Path, name: str) -> dict[str, Path] | None:
     return None
 
 
+def training_images(name: str, root: str | Path | None, download: bool) -> int | None:
+    """How many training images the dataset's files hold, from their headers (nothing else is read); None when
+    they are missing and will be downloaded. Missing files without download: the DataError `load` would raise."""
+    if name == "mnist_sample":
+        with np.load(MNIST_SAMPLE) as arrays:
+            return len(arrays["train_y"])
+    if root is None:
+        raise DataError(f"{name} is read from files on disk, but no folder was given to look in")
+    if name == "cifar10":
+        missing = [f for f in CIFAR_FILES if not (Path(root) / CIFAR_DIR / f).is_file()]
+        if missing and not download:
+            raise DataError(_cifar_missing(Path(root) / CIFAR_DIR, missing, None))
+        return None if missing else 50_000
+    files = _find_idx(Path(root), name)
+    if files is None:
+        if download:
+            return None
+        raise DataError(_idx_missing(name, Path(root), None))
+    opener = gzip.open if files["train_y"].suffix == ".gz" else open
+    with opener(files["train_y"], "rb") as f:
+        header = f.read(8)
+    if len(header) < 8:
+        raise DataError(f"{files['train_y']} is truncated or corrupt (no IDX header). Download it again.")
+    return int.from_bytes(header[4:8], "big")
+
+
+def _idx_missing(name: str, root: Path, failure: str | None) -> str:
+    raw = root / TORCHVISION_DIRS[name] / "raw"
+    expected = ", ".join(f"{stem}[.gz]" for stem in IDX_FILES.values())
+    failed = f"; could not download {failure}" if failure else ""
+    return f"no IDX files found in {root} or {raw}: {name} expects {expected} in one of these folders{failed}."
+
+
+def _cifar_missing(folder: Path, missing: list[str], failure: str | None) -> str:
+    return (
+        f"missing {', '.join(missing)} in {folder}: cifar10 expects data_batch_1..5 and test_batch there "
+        f"(unpacked from cifar-10-python.tar.gz){f'; could not download {failure}' if failure else ''}."
+    )
+
+
 def load_idx_dataset(name: str, root: Path, download: bool) -> Splits:
     files = _find_idx(root, name)
     failure = None
@@ -178,12 +218,7 @@ def load_idx_dataset(name: str, root: Path, download: bool) -> Splits:
         failure = _download_idx(name, root)
         files = _find_idx(root, name)
     if files is None:
-        raw = root / TORCHVISION_DIRS[name] / "raw"
-        expected = ", ".join(f"{stem}[.gz]" for stem in IDX_FILES.values())
-        failed = f"; could not download {failure}" if failure else ""
-        raise DataError(
-            f"no IDX files found in {root} or {raw}: {name} expects {expected} in one of these folders{failed}."
-        )
+        raise DataError(_idx_missing(name, root, failure))
     arrays = {key: read_idx(path) for key, path in files.items()}
     for split in ("train", "test"):
         if arrays[f"{split}_x"].ndim != 3 or arrays[f"{split}_y"].ndim != 1:
@@ -254,10 +289,7 @@ def load_cifar10(root: Path, download: bool) -> Splits:
         failure = f"{CIFAR10.filename} ({reason})" if reason else None
         missing = [f for f in CIFAR_FILES if not (folder / f).is_file()]
     if missing:
-        raise DataError(
-            f"missing {', '.join(missing)} in {folder}: cifar10 expects data_batch_1..5 and test_batch there "
-            f"(unpacked from cifar-10-python.tar.gz){f'; could not download {failure}' if failure else ''}."
-        )
+        raise DataError(_cifar_missing(folder, missing, failure))
     batches = {}
     for f in CIFAR_FILES:
         batches[f] = read_cifar_batch(folder / f)

@@ -91,22 +91,50 @@ class Loaders:
     test: DeviceLoader
 
 
+def data_root(dataset: DictConfig) -> Path | None:
+    return None if dataset.root is None else Path(str(dataset.root)).expanduser().absolute()  # whole paths in errors
+
+
+def with_fix(dataset: DictConfig, error: DataError) -> DataError:
+    """A missing or unreadable file, said with the overrides that fix it."""
+    if dataset.name == "mnist_sample":
+        return error
+    how = (
+        "or, where there is network access, run once with `dataset.download=true`"
+        if not dataset.download
+        else "or download them where there is network access and copy them there"
+    )
+    return DataError(f"dataset={dataset.name}: {error} Point `dataset.root=DIR` at a folder holding the files, {how}.")
+
+
 def load_data(dataset: DictConfig) -> sources.Splits:
     """The dataset's files; a missing or unreadable file is said with the overrides that fix it."""
-    root = None if dataset.root is None else Path(str(dataset.root)).expanduser().absolute()  # whole paths in errors
     try:
-        return sources.load(dataset.name, root, bool(dataset.download))
+        return sources.load(dataset.name, data_root(dataset), bool(dataset.download))
     except DataError as e:
-        if dataset.name == "mnist_sample":
-            raise
-        how = (
-            "or, where there is network access, run once with `dataset.download=true`"
-            if not dataset.download
-            else "or download them where there is network access and copy them there"
-        )
-        raise DataError(
-            f"dataset={dataset.name}: {e} Point `dataset.root=DIR` at a folder holding the files, {how}."
-        ) from None
+        raise with_fix(dataset, e) from None
+
+
+def own_images(task: DictConfig) -> list[Path]:
+    """The files task.images names: a PNG or JPEG file, or a folder of them."""
+    from cnnlab.data.files import image_files
+
+    try:
+        return image_files(Path(str(task.images)).expanduser())
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError("task.images", task.images, f"a PNG or JPEG file, or a folder of them ({e})") from None
+
+
+def check_data(dataset: DictConfig) -> None:
+    """Before any work: the dataset's files are there (their headers read) and hold more training images than
+    dataset.val_size holds out."""
+    try:
+        count = sources.training_images(dataset.name, data_root(dataset), bool(dataset.download))
+    except DataError as e:
+        raise with_fix(dataset, e) from None
+    if count is not None and int(dataset.val_size) >= count:
+        allowed = f"fewer than the {count} training images of {dataset.name} (some must be left to train on)"
+        raise ConfigError("dataset.val_size", int(dataset.val_size), allowed, f"dataset.val_size={count // 8}")
 
 
 def build_loaders(

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from cnnlab.config.schema import CANVAS_METRICS
 from cnnlab.data.canvas import Canvases
-from cnnlab.data.files import image_files, read_images
+from cnnlab.data.files import read_images
 from cnnlab.errors import ConfigError
 from cnnlab.records import figures
 from cnnlab.records.results import class_name
@@ -30,6 +30,7 @@ from cnnlab.tasks.build import (
     class_map_method,
     class_names,
     load_data,
+    own_images,
     restore_model,
     trained_dataset,
 )
@@ -106,10 +107,7 @@ def of_files(ctx: Context, model: Any, saved: DictConfig, method: Any, rule: Box
     """task.images: maps of one's own image files, with each file's predicted class and its probability
     (predictions.csv, and `predictions` in metrics.json) and figures/cam.png."""
     task, names = ctx.cfg.task, class_names(saved.dataset)
-    try:
-        files = image_files(Path(str(task.images)).expanduser())
-    except (FileNotFoundError, ValueError) as e:
-        raise ConfigError("task.images", task.images, f"a PNG or JPEG file, or a folder of them ({e})") from None
+    files = own_images(task)
     images, said = read_images(files, list(saved.dataset.shape))
     if said:
         log.info("task.images: %s", said)

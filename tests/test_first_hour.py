@@ -1,0 +1,83 @@
+"""A first hour without surprises: input errors found before anything is written, one line each; a quiet start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import cli, run_app
+
+QUIET = ["logger=wandb", "trainer.max_steps=2"]  # W&B (offline) on: a refused run must not start one
+
+
+@pytest.fixture(scope="module")
+def mlp_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("mlp")
+    run_app(run_dir, "trainer.max_steps=3", "runtime.figures=false")
+    return run_dir / "checkpoints" / "best.pt"
+
+
+def refused(tmp_path: Path, *args: str) -> str:
+    """Run the CLI with `args`; assert exit 2, one line on stderr, nothing under paths.output_dir. The line."""
+    out = tmp_path / "out"
+    proc = cli(*args, *QUIET, f"paths.output_dir={out}")
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("cnnlab: error: "), proc.stderr[-2000:]
+    assert not out.exists() or not any(out.rglob("*")), sorted(out.rglob("*"))
+    return lines[0]
+
+
+def test_a_missing_checkpoint(tmp_path: Path) -> None:
+    assert "does not exist" in refused(tmp_path, "task=evaluate", f"checkpoint={tmp_path / 'nowhere.pt'}")
+
+
+def test_a_log_file_given_as_checkpoint(tmp_path: Path, mnist_checkpoint: Path) -> None:
+    log = mnist_checkpoint.parent.parent / "cnnlab.log"
+    log.write_text(log.read_text() if log.is_file() else "a log\n")
+    assert "not written by cnnlab" in refused(tmp_path, "task=evaluate", f"checkpoint={log}")
+
+
+def test_a_layer_the_model_does_not_have(tmp_path: Path, mnist_checkpoint: Path) -> None:
+    line = refused(tmp_path, "task=cam", f"checkpoint={mnist_checkpoint}", "task.method=grad-cam", "task.layer=stage5")
+    assert "task.layer='stage5' is not allowed" in line and "stage1" in line
+
+
+def test_an_mlp_checkpoint_to_the_localizer(tmp_path: Path, mlp_checkpoint: Path) -> None:
+    assert "model=resnet" in refused(tmp_path, "task=localize", f"checkpoint={mlp_checkpoint}")
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["dataset.val_size=100000"], "dataset.val_size=100000 is not allowed: fewer than the 8000 training images"),
+        (["model=resnet", "model.in_channels=0"], "model.in_channels=0 is not allowed"),
+        (["dataset.std=[1,2]"], "dataset.std=[1.0, 2.0] is not allowed: one value per channel"),
+    ],
+)
+def test_values_that_used_to_fail_inside_the_run(tmp_path: Path, args: list[str], said: str) -> None:
+    assert said in refused(tmp_path, *args)
+
+
+def test_a_dataset_root_without_the_files(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    line = refused(tmp_path, "dataset=mnist", f"dataset.root={tmp_path / 'empty'}", "dataset.download=false")
+    assert "no IDX files found" in line and "dataset.root=DIR" in line
+
+
+def test_evaluate_takes_a_run_dir_as_its_best_checkpoint(tmp_path: Path, mnist_checkpoint: Path) -> None:
+    run_dir = mnist_checkpoint.parent.parent
+    proc = cli("task=evaluate", f"checkpoint={run_dir}", "logger=none", f"hydra.run.dir={tmp_path / 'eval'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"its best checkpoint, {mnist_checkpoint}" in proc.stdout + proc.stderr
+
+
+def test_a_default_start_prints_one_line_of_choices_not_the_config_tree(tmp_path: Path) -> None:
+    args = ["model=resnet", "model.depth=8", "trainer.max_steps=1", "logger=none", "runtime.figures=false"]
+    quiet = cli(*args, f"hydra.run.dir={tmp_path / 'a'}")
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    assert "model=resnet(depth=8, width=16) dataset=mnist_sample optimizer=sgd(lr=0.1)" in quiet.stderr
+    assert "├──" not in quiet.stderr + quiet.stdout
+    tree = cli(*args, "runtime.print_config=true", f"hydra.run.dir={tmp_path / 'b'}")
+    assert "├──" in tree.stderr + tree.stdout
