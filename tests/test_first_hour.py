@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,58 @@ def test_a_default_start_prints_one_line_of_choices_not_the_config_tree(tmp_path
     assert "├──" not in quiet.stderr + quiet.stdout
     tree = cli(*args, "runtime.print_config=true", f"hydra.run.dir={tmp_path / 'b'}")
     assert "├──" in tree.stderr + tree.stdout
+
+
+def test_debug_profile_on_a_cpu_prints_no_cuda_errors(tmp_path: Path) -> None:
+    proc = cli("debug=profile", "model=resnet", "model.depth=8", "model.width=4", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "profile" / "trace.json").is_file()
+    said = proc.stdout + proc.stderr
+    assert "gpuGetDeviceCount" not in said and "CUDA" not in said
+
+
+def test_a_closed_stdout_does_not_kill_the_jobs_of_a_sweep(tmp_path: Path) -> None:
+    """`cnnlab -m ... 2>&1 | head -c 10`: the reader is gone after 10 bytes; every job completes and says so."""
+    import os
+    import subprocess
+    import sys
+
+    args = ["-m", "seed=0,1", "model=resnet", "model.depth=8", "model.width=4", "trainer.max_steps=20"]
+    command = [sys.executable, "-m", "cnnlab", *args, "logger=none", f"hydra.sweep.dir={tmp_path}"]
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    proc.stdout.read(10)
+    proc.stdout.close()
+    assert proc.wait(timeout=300) == 0
+    statuses = [json.loads((tmp_path / j / "status.json").read_text())["status"] for j in ("0", "1")]
+    assert statuses == ["completed", "completed"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_sweep_piped_through_tee_stops_it_and_resume_finishes_it(tmp_path: Path) -> None:
+    """Ctrl-C in a terminal reaches cnnlab and tee: tee is gone, job 0 of 3 writes last.pt and `interrupted`,
+    jobs 1 and 2 never start, cnnlab exits 130; `cnnlab resume` then finishes the sweep."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    grid = ["-m", "seed=0,1,2", "model=resnet", "model.depth=8", "model.width=4", "trainer.max_steps=400"]
+    args = [*grid, "runtime.checkpoint_every=10", "logger=none", "runtime.figures=false", f"hydra.sweep.dir={tmp_path}"]
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    proc = subprocess.Popen([sys.executable, "-m", "cnnlab", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=env)  # fmt: skip
+    deadline = time.time() + 120
+    while not (tmp_path / "0" / "checkpoints" / "last.pt").is_file() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.stdout.close()  # tee died
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    record = json.loads((tmp_path / "0" / "status.json").read_text())
+    assert record["status"] == "interrupted" and (tmp_path / "0" / "checkpoints" / "last.pt").is_file()
+    assert not (tmp_path / "1").exists() and not (tmp_path / "2").exists()
+    resumed = cli("resume", str(tmp_path))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    statuses = [json.loads((tmp_path / j / "status.json").read_text())["status"] for j in "012"]
+    assert statuses == ["completed"] * 3

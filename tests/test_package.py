@@ -76,6 +76,7 @@ def test_a_default_run_writes_nothing_large_outside_its_run_dir(tmp_path: Path) 
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_the_wheel_installed_in_a_fresh_venv_runs_from_an_empty_dir(tmp_path: Path) -> None:
     """The acceptance of the package: build the wheel, install it (not editable) into a new venv that borrows
     this one's dependencies, and run the README's commands from an empty directory."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from cnnlab.config import CONF_DIR
 from cnnlab.config.messages import explain
@@ -24,6 +25,8 @@ def launch(arguments: Sequence[str]) -> None:
     from cnnlab.app.run import main_job
 
     register()
+    # `cnnlab -m ... 2>&1 | tee log` with tee gone (Ctrl-C in a terminal reaches both): the jobs go on
+    sys.stdout, sys.stderr = SurvivesClosedPipe(sys.stdout), SurvivesClosedPipe(sys.stderr)
     parser = get_args_parser()
     args = parser.parse_args(list(arguments))
     full_errors = os.environ.get("HYDRA_FULL_ERROR") == "1"
@@ -41,6 +44,30 @@ def launch(arguments: Sequence[str]) -> None:
     finally:
         if not full_errors:
             os.environ.pop("HYDRA_FULL_ERROR", None)
+
+
+class SurvivesClosedPipe:
+    """stdout that a reader going away (`| tee log` or `| head` ended) cannot kill: once the pipe is closed,
+    what would be written goes nowhere, and a job mid-way finishes and records how it ended."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = getattr(stream, "stream", stream)  # not wrapped twice (cnnlab.run twice in one process)
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except BrokenPipeError:
+            self.stream = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the process)
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            self.stream = open(os.devnull, "w")  # noqa: SIM115
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
 
 
 def no_trial_completed(error: BaseException) -> bool:

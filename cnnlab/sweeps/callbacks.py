@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import atexit
 import pickle
+import re
+import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.app.preflight import check_run, ensure_writable
 from cnnlab.errors import Refused, UserError
@@ -72,6 +75,60 @@ class JobStatusCallback(Callback):
             plan = resume.plan(sweep_dir, resume.grid(config) or [])
             print(f"cnnlab: resuming sweep {sweep_dir}: {resume.plan_text(plan)}", file=sys.stderr)
         atexit.register(print_summary, sweep_dir, plan)
+
+
+class SlurmInterrupt(Callback):
+    """launcher=slurm: Ctrl-C stops the sweep's SLURM jobs too, not only the launcher that waits on them (its
+    jobs would run on, and the summary's `cnnlab resume` would start a second copy of each). The first Ctrl-C
+    cancels this launch's jobs that have not started and sends SIGINT to the running ones, which finish their
+    step, write last.pt and record `interrupted`; one line says so, and the launcher exits 130."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not str(OmegaConf.select(config, "hydra.launcher._target_", default="")).endswith(".SlurmLauncher"):
+            return
+        if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:  # ignored (a script's `&`), or taken
+            return
+        folders = Path(str(config.hydra.launcher.submitit_folder)).parent  # <sweep dir>/.submitit
+        before = set(_slurm_job_ids(folders))  # a resumed sweep's earlier jobs are not this launch's
+        sweep_dir = config.hydra.sweep.dir
+
+        def interrupted(signum: int, frame: Any) -> None:
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: Python's own
+            stop_slurm_jobs(sorted(set(_slurm_job_ids(folders)) - before, key=int), sweep_dir)
+            raise SystemExit(128 + signal.SIGINT)
+
+        signal.signal(signal.SIGINT, interrupted)
+
+
+SLURM_JOB_FOLDER = re.compile(r"^(\d+)(_\d+)?$")  # submitit's folder per job: <job id>, or <array id>_<task>
+
+
+def _slurm_job_ids(folders: Path) -> list[str]:
+    if not folders.is_dir():
+        return []
+    return [m.group(1) for m in (SLURM_JOB_FOLDER.match(p.name) for p in folders.iterdir()) if m]
+
+
+def stop_slurm_jobs(job_ids: list[str], sweep_dir: str) -> None:
+    """Cancel the jobs (array tasks) that have not started, SIGINT the running ones; say it in one line."""
+    if not job_ids:
+        print("cnnlab: Ctrl-C: the sweep had submitted no SLURM job yet", file=sys.stderr)
+        return
+    ids = ",".join(job_ids)
+    try:
+        done = [
+            subprocess.run(["scancel", *flags, *job_ids], capture_output=True, text=True, timeout=30)
+            for flags in (["--state=PENDING"], ["--signal=INT"])
+        ]
+        error = " ".join(" ".join(d.stderr for d in done if d.returncode != 0).split())
+    except (OSError, subprocess.SubprocessError) as e:
+        error = str(e)
+    if error:
+        print(f"cnnlab: Ctrl-C: could not cancel the sweep's SLURM jobs {ids} ({error}); they may run on, cancel "
+              f"them with: scancel {' '.join(job_ids)}", file=sys.stderr)  # fmt: skip
+    else:
+        print(f"cnnlab: Ctrl-C: cancelled the sweep's SLURM jobs {ids} (the running ones write last.pt at their "
+              f"step and stop); continue with: cnnlab resume {sweep_dir}", file=sys.stderr)  # fmt: skip
 
 
 def _picklable(error: BaseException) -> bool:
