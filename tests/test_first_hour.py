@@ -137,3 +137,14 @@ def test_ctrl_c_on_a_sweep_piped_through_tee_stops_it_and_resume_finishes_it(tmp
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     statuses = [json.loads((tmp_path / j / "status.json").read_text())["status"] for j in "012"]
     assert statuses == ["completed"] * 3
+
+
+def test_maps_of_the_test_split_take_a_count_and_show_progress(tmp_path: Path, mnist_checkpoint: Path) -> None:
+    args = ["task=cam", f"checkpoint={mnist_checkpoint}", "task.source=test", "task.count=30", "task.sanity=false"]
+    proc = cli(*args, "task.faithfulness=false", "logger=none", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["images"] == 30 and metrics["task.count"] == 30
+    said = proc.stdout + proc.stderr
+    assert "cam on test images: 30/30" in said  # the phase's progress (log lines off a terminal)
+    assert "cam: cam at stage3, " in said  # the title names the method and its layer once

@@ -336,6 +336,7 @@ class CamConfig(LocalizeConfig):
     name: str = "cam"
     monitor: Optional[str] = None  # null: loc_acc on canvases, cls_acc with source=test
     source: str = rule("canvas", *one_of("canvas", "test"))
+    count: Optional[int] = rule(1000, "a positive number of test images, or null for all", lambda v: v is None or v > 0)
     # a PNG/JPEG file or a folder of them: their maps, classes and probabilities (predictions.csv) instead
     images: Optional[str] = None
     method: str = rule("cam", METHOD_ALLOWED, _method_ok)

@@ -1,4 +1,4 @@
-"""Training progress: a rich progress bar on a terminal, plain log lines otherwise (files, CI, SLURM).
+"""Progress of training and of every long phase: a rich bar on a terminal, log lines otherwise (files, CI, SLURM).
 
 The images/s figure is the rate since the previous update, and none is shown for the first update after a
 start: that window holds the warm-up (first kernels, allocations) and would understate the speed ~10x.
@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Iterator
 from types import TracebackType
+from typing import TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
 
 log = logging.getLogger("cnnlab")
+T = TypeVar("T")
 
 
 class Progress:
@@ -83,3 +86,25 @@ class Progress:
             self.bar.console.log(message)
         else:
             log.info(message)
+
+
+def tracked(batches: Iterable[T], total: int, what: str, console: Console | None = None) -> Iterator[T]:
+    """A long phase over `total` images given in batches (class maps of canvases or test images, with their
+    faithfulness): a rich bar with the count, rate and time left on a terminal, else a log line every ~10%."""
+    console = console or Console(stderr=True)
+    if console.is_terminal:
+        columns = (TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+        with RichProgress(*columns, console=console, transient=True) as bar:
+            task = bar.add_task(what, total=total)
+            for batch in batches:
+                yield batch
+                bar.advance(task, len(batch))  # type: ignore[arg-type]
+        return
+    done, shown, start = 0, 0, time.perf_counter()
+    for batch in batches:
+        yield batch
+        done += len(batch)  # type: ignore[arg-type]
+        if done * 10 // max(total, 1) > shown or done >= total:
+            shown = done * 10 // max(total, 1)
+            rate = done / max(time.perf_counter() - start, 1e-9)
+            log.info("%s: %d/%d (%.1f/s)", what, done, total, rate)

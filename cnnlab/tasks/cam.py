@@ -23,6 +23,7 @@ from cnnlab.data.canvas import Canvases
 from cnnlab.data.files import read_images
 from cnnlab.errors import ConfigError
 from cnnlab.records import figures
+from cnnlab.records.progress import tracked
 from cnnlab.records.results import class_name
 from cnnlab.tasks.build import (
     background_index,
@@ -61,24 +62,27 @@ def run(ctx: Context) -> TaskResult:
     if on_canvas:
         canvases = canvases_for(task.canvas, dataset)
         images = canvases.images
-        result = evaluate_canvases(method, canvases, batches(images, *stats, int(task.batch_size)), black, rule, shown)
+        batched = tracked(batches(images, *stats, int(task.batch_size)), len(images), f"{task.method} on canvases")
+        result = evaluate_canvases(method, canvases, batched, black, rule, shown)
     else:
         data = load_data(dataset)
-        images, names = data.test_x, class_names(dataset)
-        batched = batches(images, *stats, int(task.batch_size))
-        result = evaluate_images(method, data.test_y, batched, rule, shown, names, black)
+        count = len(data.test_y) if task.count is None else min(int(task.count), len(data.test_y))
+        images, labels, names = data.test_x[:count], data.test_y[:count], class_names(dataset)
+        batched = tracked(batches(images, *stats, int(task.batch_size)), count, f"{task.method} on test images")
+        result = evaluate_images(method, labels, batched, rule, shown, names, black)
     if task.get("sanity", False):  # the same method on copies of the model, re-initialized top-down
         sample = next(batches(images[: int(task.sanity_count)], *stats, int(task.sanity_count)))
         result.metrics.update(cascade(lambda m: class_map_method(m, task, black), model, sample, int(cfg.seed)))
     name = run_name(saved.model, saved.seed)
-    where = f"{task.canvas.count} canvases" if on_canvas else f"{dataset.name} test"
+    where = f"{task.canvas.count} canvases" if on_canvas else f"{len(images)} {dataset.name} test images"
     path = figure(task, rule.threshold, result, images[:shown], canvases if on_canvas else None, dataset, ctx, name)
     save_maps(ctx.run_dir / MAPS_FILE, images, result, canvases if on_canvas else None)
     metrics = {**result.metrics, **settings(cfg, saved)}
     monitor = task.monitor or ("loc_acc" if on_canvas else "cls_acc")
     table = [*METRIC_KEYS] if on_canvas else ["cls_acc", "images"]
     table += [k for k in (*FAITHFUL_KEYS, "sanity_rank_corr", "sanity_pass") if k in metrics]
-    title = f"{task.name} {task.method} {name} on {where}"
+    at = f" at {method.layer}" if getattr(method, "layer", None) else ""
+    title = f"{task.name}: {task.method}{at}, {name} on {where}"
     return TaskResult(metrics, title, table, monitor, figures={f"figures/{task.name}": path})
 
 
@@ -111,7 +115,8 @@ def of_files(ctx: Context, model: Any, saved: DictConfig, method: Any, rule: Box
     images, said = read_images(files, list(saved.dataset.shape))
     if said:
         log.info("task.images: %s", said)
-    result, probabilities = explain_files(method, batches(images, *stats, int(task.batch_size)), rule)
+    batched = tracked(batches(images, *stats, int(task.batch_size)), len(images), f"{task.method} on files")
+    result, probabilities = explain_files(method, batched, rule)
     best, classes = probabilities.max(1)
     rows = [
         {"file": f.name, "class": int(c), "name": class_name(int(c), names), "probability": round(float(p), 4)}
