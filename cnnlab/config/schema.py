@@ -274,15 +274,20 @@ def _method_ok(value: Any) -> bool:
     return value in MAP_METHODS + MAP_BASELINES or bool(re.fullmatch(r"pgc:[A-Za-z_][A-Za-z0-9_]*", str(value)))
 
 
+def task_name(name: str) -> Any:
+    """A task's name: its own, fixed (the task is chosen by the group, task=<name>)."""
+    return rule(name, f"{name}: the task is chosen with task=<name>", lambda v: v == name, fix=name)
+
+
 @dataclass
 class ClassifyConfig:
-    name: str = "classify"
+    name: str = task_name("classify")
     monitor: str = rule("val_acc", *one_of("val_acc", "val_loss"))
 
 
 @dataclass
 class EvaluateConfig:
-    name: str = "evaluate"
+    name: str = task_name("evaluate")
     split: str = rule("test", *one_of("test", "val"))
     monitor: Optional[str] = None  # null: <split>_acc
 
@@ -305,7 +310,7 @@ class CanvasConfig:
 
 @dataclass
 class LocalizeConfig:
-    name: str = "localize"
+    name: str = task_name("localize")
     monitor: str = rule("loc_acc", *one_of(*CANVAS_METRICS))
     canvas: CanvasConfig = field(default_factory=CanvasConfig)
     pooling: str = rule("window", *one_of("window", "topk", "max", "mean"))
@@ -333,7 +338,7 @@ class LocalizeConfig:
 
 @dataclass
 class CamConfig(LocalizeConfig):
-    name: str = "cam"
+    name: str = task_name("cam")
     monitor: Optional[str] = None  # null: loc_acc on canvases, cls_acc with source=test
     source: str = rule("canvas", *one_of("canvas", "test"))
     count: Optional[int] = rule(1000, "a positive number of test images, or null for all", lambda v: v is None or v > 0)
