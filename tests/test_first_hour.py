@@ -148,3 +148,9 @@ def test_maps_of_the_test_split_take_a_count_and_show_progress(tmp_path: Path, m
     said = proc.stdout + proc.stderr
     assert "cam on test images: 30/30" in said  # the phase's progress (log lines off a terminal)
     assert "cam: cam at stage3, " in said  # the title names the method and its layer once
+
+
+def test_help_names_the_subcommands(tmp_path: Path) -> None:
+    proc = cli("--help", cwd=tmp_path)
+    assert proc.returncode == 0
+    assert all(f"cnnlab {name} " in proc.stdout for name in ("report", "resume", "sweep"))
