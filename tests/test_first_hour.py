@@ -154,3 +154,16 @@ def test_help_names_the_subcommands(tmp_path: Path) -> None:
     proc = cli("--help", cwd=tmp_path)
     assert proc.returncode == 0
     assert all(f"cnnlab {name} " in proc.stdout for name in ("report", "resume", "sweep"))
+
+
+def test_evaluate_on_other_data_of_the_same_shape(tmp_path: Path, mnist_checkpoint: Path, mnist_dir: Path) -> None:
+    """A model trained on the MNIST sample, tested on other MNIST-format files: allowed, and the title says so."""
+    args = ["task=evaluate", f"checkpoint={mnist_checkpoint}", "dataset=mnist", f"dataset.root={mnist_dir}",
+            "dataset.val_size=100"]  # fmt: skip
+    proc = cli(*args, "logger=none", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "(trained on mnist_sample) on mnist (test)" in " ".join(proc.stderr.split())  # the table title
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert "test_acc" in metrics and "trained_test_acc" not in metrics  # another test split: nothing to compare
+    line = refused(tmp_path, "task=evaluate", f"checkpoint={mnist_checkpoint}", "dataset=cifar10")
+    assert "dataset='cifar10' is not allowed: a dataset of the model's input shape [1, 28, 28]" in line

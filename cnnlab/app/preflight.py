@@ -65,7 +65,7 @@ def check_inputs(config: DictConfig) -> None:
     anything is written: what would otherwise fail after the run dir and the W&B run exist."""
     from hydra.utils import instantiate
 
-    from cnnlab.tasks.build import check_data, class_map_method, own_images, trained_dataset
+    from cnnlab.tasks.build import check_data, class_map_method, evaluated_dataset, own_images, trained_dataset
     from cnnlab.tasks.context import RunInfo
 
     task = config.task
@@ -81,7 +81,7 @@ def check_inputs(config: DictConfig) -> None:
             own_images(task)
             return
     info = RunInfo(run_dir=Path("."), overrides=tuple(config.hydra.overrides.task))
-    check_data(trained_dataset(saved, config, info))
+    check_data((evaluated_dataset if task.name == "evaluate" else trained_dataset)(saved, config, info))
 
 
 def checkpoint_config(config: DictConfig) -> DictConfig | None:

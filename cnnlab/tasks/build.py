@@ -254,6 +254,26 @@ def checkpoint_path(reference: str | None, run_dir: Path) -> Path:
     return path
 
 
+def evaluated_dataset(saved: DictConfig, cfg: DictConfig, info: RunInfo) -> DictConfig:
+    """The data task=evaluate tests on: the checkpoint's, or one the command line names (dataset=...) of the same
+    image shape and classes, normalized as the model was trained; another shape or class count is refused."""
+    if not info.on_command_line("dataset") or cfg.dataset.name == saved.dataset.name:
+        return trained_dataset(saved, cfg, info)
+    mine, theirs = (
+        (list(cfg.dataset.shape), int(cfg.dataset.num_classes)),
+        (list(saved.dataset.shape), int(saved.model.num_classes)),
+    )
+    if mine != theirs:
+        allowed = (
+            f"a dataset of the model's input shape {theirs[0]} and {theirs[1]} classes (this one: {mine[0]}, {mine[1]})"
+        )
+        raise ConfigError("dataset", cfg.dataset.name, allowed, f"dataset={saved.dataset.name}")
+    dataset = cfg.dataset.copy()
+    dataset.mean, dataset.std = saved.dataset.mean, saved.dataset.std  # the input the model was trained on
+    dataset.background = saved.dataset.get("background", 0)
+    return dataset
+
+
 def restore_model(reference: str | None, device: torch.device, run_dir: Path) -> tuple[Any, DictConfig, dict]:
     """Rebuild the model a checkpoint was trained with, from the config stored in it, in eval mode.
 

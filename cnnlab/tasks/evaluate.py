@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 from cnnlab.config.schema import RuntimeConfig, TrainerConfig
 from cnnlab.records import figures
 from cnnlab.records.results import class_table, confusion, per_class
-from cnnlab.tasks.build import boundary, build_loaders, class_names, restore_model, trained_dataset
+from cnnlab.tasks.build import boundary, build_loaders, class_names, evaluated_dataset, restore_model
 from cnnlab.tasks.context import Context, TaskResult
 from cnnlab.tasks.publish import run_name, settings
 from cnnlab.training.trainer import Trainer
@@ -24,13 +24,8 @@ def run(ctx: Context) -> TaskResult:
     if ignored:
         log.warning("task=evaluate rebuilds the model from the checkpoint: ignored %s", ", ".join(ignored))
     model, saved, state = restore_model(cfg.checkpoint, ctx.device, ctx.run_dir)
-    if ctx.info.on_command_line("dataset") and cfg.dataset.name != saved.dataset.name:
-        log.warning(
-            "task=evaluate tests on the checkpoint's dataset, %s: ignored dataset=%s (dataset.root is used)",
-            saved.dataset.name,
-            cfg.dataset.name,
-        )
-    dataset = trained_dataset(saved, cfg, ctx.info)
+    dataset = evaluated_dataset(saved, cfg, ctx.info)
+    other = dataset.name != saved.dataset.name
     trainer = Trainer(trained_precision(ctx, saved), ctx.device, ctx.run_dir, ctx.logger, runtime=layout(ctx, saved))
     with boundary("runtime.channels_last", trainer.runtime.channels_last, "runtime.channels_last=auto"):
         model = trainer.prepare(model)
@@ -43,11 +38,12 @@ def run(ctx: Context) -> TaskResult:
         f"{split}_acc": result["acc"],
         f"{split}_loss": result["loss"],
         "samples": loader.num_samples,
-        **({f"trained_{split}_acc": trained[f"{split}_acc"]} if f"{split}_acc" in trained else {}),
+        **({f"trained_{split}_acc": trained[f"{split}_acc"]} if f"{split}_acc" in trained and not other else {}),
         **settings(cfg, saved),
         **scores,
     }
-    title = f"evaluate {run_name(saved.model, saved.seed)} on {dataset.name} ({split})"
+    trained_on = f" (trained on {saved.dataset.name})" if other else ""
+    title = f"evaluate {run_name(saved.model, saved.seed)}{trained_on} on {dataset.name} ({split})"
     path = figures.confusion_matrix(
         matrix, ctx.run_dir / "figures" / "confusion_matrix.png", f"{title}: acc {result['acc']:.4f}",
         class_names=class_names(dataset),
