@@ -72,6 +72,7 @@ def test_evaluate_takes_a_run_dir_as_its_best_checkpoint(tmp_path: Path, mnist_c
     proc = cli("task=evaluate", f"checkpoint={run_dir}", "logger=none", f"hydra.run.dir={tmp_path / 'eval'}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"its best checkpoint, {mnist_checkpoint}" in proc.stdout + proc.stderr
+    assert f"cnnlab: task=evaluate checkpoint={run_dir} (resnet(depth=8, width=4) on mnist_sample)" in proc.stderr
 
 
 def test_a_default_start_prints_one_line_of_choices_not_the_config_tree(tmp_path: Path) -> None:

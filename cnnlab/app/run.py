@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf, read_write
 
 from cnnlab import tasks
 from cnnlab.app import resume
+from cnnlab.app.preflight import checkpoint_config
 from cnnlab.config.checks import validate
 from cnnlab.errors import UserError
 from cnnlab.records.status import read_status, write_status
@@ -222,6 +223,15 @@ def print_config(cfg: DictConfig) -> None:
     console.print(tree)
 
 
+def model_text(model: DictConfig, option: str | None = None) -> str:
+    """mlp, or resnet(depth=20, width=16) and `, plain` for the plain twin."""
+    name = option or ("resnet" if "depth" in model else "mlp")
+    if "depth" not in model:
+        return name
+    plain = "" if model.residual else ", plain"
+    return f"{name}(depth={model.depth}, width={model.width}{plain})"
+
+
 def choices_line(cfg: DictConfig) -> str:
     """e.g. `task=classify model=resnet(depth=20, width=16, residual) dataset=mnist optimizer=sgd(lr=0.1) ...`;
     a task that restores a checkpoint names it (its model and data are the checkpoint's)."""
@@ -231,11 +241,10 @@ def choices_line(cfg: DictConfig) -> str:
     task = cfg.task.name
     if task != "classify":
         method = f" method={cfg.task.method}" if "method" in cfg.task else ""
-        return f"task={task}{method} checkpoint={cfg.checkpoint} seed={cfg.seed} (the checkpoint's model and data)"
-    model = chosen.get("model", "?")
-    if model == "resnet":
-        plain = "" if cfg.model.residual else ", plain"
-        model += f"(depth={cfg.model.depth}, width={cfg.model.width}{plain})"
+        saved = None if str(cfg.checkpoint).startswith("wandb:") else checkpoint_config(cfg)
+        trained = f" ({model_text(saved.model)} on {saved.dataset.name})" if saved is not None else ""
+        return f"task={task}{method} checkpoint={cfg.checkpoint}{trained}"
+    model = model_text(cfg.model, chosen.get("model", "?"))
     steps = f"max_steps={cfg.trainer.max_steps}" if cfg.trainer.max_steps else f"epochs={cfg.trainer.epochs}"
     optimizer, scheduler = chosen.get("optimizer", "?"), chosen.get("scheduler", "?")
     parts = [f"task={task}", f"model={model}", f"dataset={cfg.dataset.name}"]
