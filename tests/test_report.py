@@ -285,6 +285,9 @@ def test_the_verdict_says_when_the_sweep_shows_the_degradation(grid: Path) -> No
         "Verdict: plain 32 is 0.30 points worse than plain 20; residual 32 is 0.20 points better than residual 20: "
         "the sweep shows the degradation" in results
     )
+    # the budget it rests on (make_run's runs take 40 steps), and the title says what the sweep was
+    assert "It rests on 40 optimizer steps a run (the paper trains 64,000)" in results
+    assert results.startswith(f"# Results: model.depth x model.residual on mnist_sample ({grid.name})")
 
 
 def test_the_verdict_says_when_it_does_not(tmp_path: Path) -> None:

@@ -136,8 +136,18 @@ def verdicts(table: Table) -> list[str]:
             if line:
                 lines.append((line, kind, setting))
     many = len(lines) > 1
+    steps = [r.mean("steps") for r in table.rows if all("steps" in run.metrics for run in r.runs)]
+    budget = (
+        f" It rests on {statistics.fmean(steps):,.0f} optimizer steps a run (the paper trains 64,000): a short"
+        " budget may not show the paper's gap."
+        if steps
+        else ""
+    )
     return [
-        "Verdict" + (f" ({' '.join([kind, *_setting(table.setting_keys, setting)])})" if many else "") + f": {line}."
+        "Verdict"
+        + (f" ({' '.join([kind, *_setting(table.setting_keys, setting)])})" if many else "")
+        + f": {line}."
+        + budget
         for line, kind, setting in lines
     ]
 
@@ -218,11 +228,20 @@ def _duration(seconds: float) -> str:
     return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
+def sweep_title(runs: Sequence[Run]) -> str:
+    """What the runs were: the keys their sweep varied, on which datasets, e.g. `model.depth x model.residual on
+    cifar10`."""
+    swept = [k for k in ("model.depth", "model.residual") if len({r.get(k) for r in runs}) > 1]
+    swept += [k for k in varying_overrides(runs) if k not in swept]
+    datasets = sorted({str(r.get("dataset.name")) for r in runs if r.get("dataset.name")})
+    return (" x ".join(swept) or "runs") + (f" on {', '.join(datasets)}" if datasets else "")
+
+
 def markdown(root: Path, runs: Sequence[Run], groups: Sequence[Table]) -> str:
     """results.md: the counts, one section per table (rows, notes, figures), then the runs that did not finish."""
     counts = {s: sum(r.status == s for r in runs) for s in ("completed", "failed", "unfinished", "not started")}
     lines = [
-        f"# Results: {root.name}",
+        f"# Results: {sweep_title(runs)} ({root.name})",
         "",
         f"{len(runs)} runs: {counts['completed']} completed, {counts['failed']} failed, "
         f"{counts['unfinished']} unfinished"
