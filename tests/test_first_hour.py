@@ -168,3 +168,11 @@ def test_evaluate_on_other_data_of_the_same_shape(tmp_path: Path, mnist_checkpoi
     assert "test_acc" in metrics and "trained_test_acc" not in metrics  # another test split: nothing to compare
     line = refused(tmp_path, "task=evaluate", f"checkpoint={mnist_checkpoint}", "dataset=cifar10")
     assert "dataset='cifar10' is not allowed: a dataset of the model's input shape [1, 28, 28]" in line
+
+
+def test_a_blown_up_but_finite_loss_gets_a_hint() -> None:
+    from cnnlab.training.trainer import blown_up
+
+    assert blown_up(2.3, 0.1) is None and blown_up(float("nan"), 0.1) is None
+    hint = blown_up(1e11, 0.5)
+    assert hint is not None and "optimizer.lr=0.05" in hint and "divergence guard" in hint

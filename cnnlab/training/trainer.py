@@ -46,6 +46,19 @@ def channels_last_crashes(model: nn.Module, device: torch.device) -> bool:
     )
 
 
+BLOWN_UP_LOSS = 1e3  # a cross-entropy no trained or guessing net reaches (a guess among 10 classes: 2.3)
+
+
+def blown_up(val_loss: float, lr: float) -> str | None:
+    """A hint when the loss is finite but huge: the weights blew up, which the NaN/inf guard does not catch."""
+    if not val_loss > BLOWN_UP_LOSS:
+        return None
+    return (
+        f"val_loss {val_loss:.3g} is far above a guess's (2.3 for 10 classes): the weights have blown up without "
+        f"a NaN (the divergence guard stops only NaN and inf). Lower the learning rate: try optimizer.lr={lr / 10:g}."
+    )
+
+
 class DivergenceError(UserError):
     """The training loss became NaN or inf; `state` is the trainer's state when it was noticed."""
 
@@ -358,6 +371,9 @@ class Trainer:
             f"step {state.step}: val_loss {row['val_loss']:.4f} val_acc {row['val_acc']:.4f} "
             f"(best {parts.monitor} {state.best:.4f})"
         )
+        hint = blown_up(row["val_loss"], row["lr"])
+        if hint:
+            log.warning(hint)
 
     def _checkpoint(self, parts: Parts, state: TrainState) -> None:
         """last.pt between evaluations (epoch ends, runtime.checkpoint_every); never one of a diverged run."""
