@@ -1,7 +1,7 @@
 """cnnlab: a Hydra-composed experiment framework for convolutional-network labs.
 
 From a shell: `cnnlab <overrides>` (or `python -m cnnlab`). From Python: `cnnlab.run([...])`, `cnnlab.multirun`,
-`cnnlab.compose`, `cnnlab.load`, `cnnlab.explain` (cnnlab.api, imported when first asked for, so that
+`cnnlab.compose`, `cnnlab.load`, `cnnlab.explain`, `cnnlab.localize` (cnnlab.api, imported when first asked for, so that
 `import cnnlab` stays light).
 """
 
@@ -9,7 +9,7 @@ from typing import Any
 
 from cnnlab.version import __version__
 
-API = ("run", "multirun", "compose", "load", "explain", "Result", "Loaded")
+API = ("run", "multirun", "compose", "load", "explain", "localize", "Result", "Loaded")
 __all__ = ["__version__", *API]
 
 

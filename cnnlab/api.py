@@ -1,4 +1,4 @@
-"""The Python face of cnnlab, for notebooks and scripts: run, multirun, compose, load, explain.
+"""The Python face of cnnlab, for notebooks and scripts: run, multirun, compose, load, explain, localize.
 
 `run` and `multirun` go through Hydra exactly as the CLI does (the same config, callbacks, run dir, files and
 W&B run); an error a user can fix raises a `cnnlab.errors.UserError` (a ValueError) with the CLI's one line, and
@@ -27,7 +27,7 @@ from cnnlab.config.schema import register
 from cnnlab.errors import Refused, UserError
 from cnnlab.records.status import read_status, sweep_statuses
 
-__all__ = ["Loaded", "Result", "compose", "explain", "load", "multirun", "run"]
+__all__ = ["Loaded", "Result", "compose", "explain", "load", "localize", "multirun", "run"]
 
 
 @dataclass(frozen=True)
@@ -176,6 +176,27 @@ def explain(
         maps = make_method(method, net, layer, black)(x, wanted[:, None])
         heat = upsample_cells(maps.maps.float(), maps.stride, tuple(x.shape[2:]), "middle")
     return normalize_per_image(heat)[:, 0].detach().cpu()
+
+
+def localize(loaded: Loaded, canvases: torch.Tensor, method: str = "fully-conv", digits: int = 1) -> list[dict]:
+    """Boxes on canvases ((B, H, W) or (B, C, H, W), uint8 or [0, 1]) as task=localize finds them, with its
+    defaults: per canvas, `boxes` (n, 4) in pixels (x0, y0, x1, y1), their `classes` and `scores`."""
+    from omegaconf import OmegaConf
+
+    from cnnlab.config.schema import LocalizeConfig
+    from cnnlab.tasks.build import background_index
+    from cnnlab.tasks.cam import box_rule
+    from cnnlab.vision import make_method
+    from cnnlab.vision.canvas_eval import locate
+
+    task = OmegaConf.structured(LocalizeConfig)
+    task.method, task.canvas.digits, task.faithfulness = method, digits, False
+    with _as_found(loaded.model):
+        maps = make_method(method, loaded.model, None, loaded.black)
+        classes = int(loaded.config.dataset.num_classes)
+        rule = box_rule(task, maps.threshold, classes, background_index(loaded.config.dataset))
+        found = locate(maps, loaded.preprocess(canvases), loaded.black, rule)
+    return [{"boxes": d.boxes, "classes": d.labels, "scores": d.scores} for d in found]
 
 
 def _inputs(model: Loaded | nn.Module, images: torch.Tensor) -> tuple[nn.Module, torch.Tensor, torch.Tensor | None]:

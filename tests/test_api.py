@@ -136,3 +136,20 @@ def test_class_maps_of_ones_own_png_files(tmp_path: Path, trained: api.Result, d
 def test_a_sweep_with_a_failing_job_gives_every_result(tmp_path: Path) -> None:
     results = api.multirun([*TINY, "trainer.max_steps=3", "optimizer.lr=0.1,1e12", f"hydra.sweep.dir={tmp_path}"])
     assert [r.status for r in results] == ["completed", "diverged"]
+
+
+def test_localize_finds_the_boxes_task_localize_finds(tmp_path: Path, trained: api.Result) -> None:
+    from cnnlab.data.canvas import make_canvases
+    from cnnlab.data.sources import load as load_data
+
+    result = api.run(["task=localize", f"checkpoint={trained.run_dir}", "task.canvas.count=8", *QUIET,
+                      "task.faithfulness=false", "task.sanity=false", f"paths.output_dir={tmp_path}"])  # fmt: skip
+    saved = torch.load(result.run_dir / "maps.pt", weights_only=False)
+    data = load_data("mnist_sample")
+    canvases = make_canvases(data.test_x, data.test_y, 8, 128, 1, 0, 8, seed=0)
+    assert torch.equal(canvases.images, saved["images"])  # the same canvases
+    found = api.localize(api.load(trained.run_dir), canvases.images)
+    assert len(found) == 8
+    for mine, (boxes, labels) in zip(found, saved["found"], strict=True):
+        assert torch.equal(mine["classes"], labels) and torch.allclose(mine["boxes"], boxes)
+        assert mine["scores"].shape == labels.shape

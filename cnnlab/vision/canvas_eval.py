@@ -91,21 +91,12 @@ def evaluate_canvases(
     normalized black pixel, of which an empty canvas is made."""
     scorer = method if isinstance(method, FullyConv) else FullyConv(method.model)
     faith = Faithfulness(rule.steps)
-    digits = rule.background  # the dataset's classes come first; None: every output is one
     size, scores, out, start = tuple(canvases.images.shape[2:]), Scores(rule.iou), Evaluation({}), 0
     blank = black.expand(1, -1, *size).contiguous()  # an empty canvas
-    blank_maps = scorer(blank).maps.float()[:, :digits] if method.scores else None
+    blank_maps = scorer(blank).maps.float()[:, : rule.background] if method.scores else None  # None: all classes
     for x in batched:
         labels = canvases.labels[start : start + len(x)]
-        shared = SharedPass(method, scorer, x)
-        logits = shared.scores.float()
-        pooled = explained(canvas_scores(logits, rule).cpu(), rule.class_index)
-        wanted = torch.cat([pooled.topk(min(rule.digits, pooled.shape[1])).indices, torch.stack(labels)], dim=1)
-        maps = shared.maps(wanted)
-        # score maps are boxed on the logits: a digit's evidence spreads over its ink, while its probability
-        # saturates over every position the classifier was trained to accept (pad-and-crop's shifts)
-        full = logits[:, :digits] if method is scorer else maps.full(method.num_classes)[:, :digits].float()
-        heat, rank = heat_maps(full, method.scores, maps.stride, size, rule.cell_center, blank_maps)
+        pooled, wanted, heat, rank, stride = boxed(method, scorer, x, rule, blank_maps, torch.stack(labels))
         for i, truth in enumerate(labels):
             pred = detect(heat[i], pooled[i], rule.digits, rule.threshold, rank=rank)
             peaks = {c: peak_point(heat[i, c]) for c in truth.unique().tolist()}
@@ -119,8 +110,35 @@ def evaluate_canvases(
             chosen = overlay(heat[:n], wanted[:n, 0]).to(x.device)
             faith.add(canvas_scorer(scorer, rule), x[:n], chosen, wanted[:n, 0].to(x.device), black)
         start += len(x)
-    out.metrics = {**scores.summary(), **faith.summary(), "stride": maps.stride}
+    out.metrics = {**scores.summary(), **faith.summary(), "stride": stride}
     return out
+
+
+def boxed(
+    method: ClassMapMethod, scorer: FullyConv, x: Tensor, rule: BoxRule, blank_maps: Tensor | None, also: Tensor
+) -> tuple[Tensor, Tensor, Tensor, str, int]:
+    """One batch of canvases: the pooled class scores, the classes explained (the best rule.digits, then `also`:
+    (B, m) more, e.g. the true ones), their heat at pixels, how its regions rank, and the maps' stride."""
+    shared = SharedPass(method, scorer, x)
+    logits = shared.scores.float()
+    pooled = explained(canvas_scores(logits, rule).cpu(), rule.class_index)
+    wanted = torch.cat([pooled.topk(min(rule.digits, pooled.shape[1])).indices, also.to(torch.long)], dim=1)
+    maps = shared.maps(wanted)
+    # score maps are boxed on the logits: a digit's evidence spreads over its ink, while its probability
+    # saturates over every position the classifier was trained to accept (pad-and-crop's shifts)
+    classes = rule.background  # the digit classes come first; None: every output is one
+    full = logits[:, :classes] if method is scorer else maps.full(method.num_classes)[:, :classes].float()
+    heat, rank = heat_maps(full, method.scores, maps.stride, tuple(x.shape[2:]), rule.cell_center, blank_maps)
+    return pooled, wanted, heat, rank, maps.stride
+
+
+def locate(method: ClassMapMethod, x: Tensor, black: Tensor, rule: BoxRule) -> list[Detections]:
+    """Boxes, classes and scores of canvases without truth (normalized (B, C, H, W)), as task=localize finds them."""
+    scorer = method if isinstance(method, FullyConv) else FullyConv(method.model)
+    blank = black.expand(1, -1, *x.shape[2:]).contiguous()
+    blank_maps = scorer(blank).maps.float()[:, : rule.background] if method.scores else None
+    pooled, _, heat, rank, _ = boxed(method, scorer, x, rule, blank_maps, torch.zeros(len(x), 0))
+    return [detect(heat[i], pooled[i], rule.digits, rule.threshold, rank=rank) for i in range(len(x))]
 
 
 class SharedPass:
