@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnlab.app.resume import check_same_run
+from cnnlab.app.resume import check_same_run, resumed_precision
 from cnnlab.config.schema import RuntimeConfig, TrainerConfig
 from cnnlab.data.loader import DeviceLoader
-from cnnlab.errors import ConfigError
+from cnnlab.errors import BadArgument, ConfigError
 from cnnlab.models.resnet import ResNet
 from cnnlab.tasks.context import RunInfo
 from cnnlab.training import hardware
-from cnnlab.training.hardware import gpu_lease, resolve_precision, resumed_precision
+from cnnlab.training.hardware import gpu_lease, resolve_precision
 from cnnlab.training.scheduler import constant
 from cnnlab.training.trainer import Trainer, compiled_graphs
-from tests.helpers import run_app
+from tests.helpers import cli, run_app
 
 CPU = torch.device("cpu")
 
@@ -42,9 +42,12 @@ def test_explicit_precision_is_honoured(bf16_native, spec):
     assert resolve_precision(spec, CPU) == (spec, "set")
 
 
-def test_fp16_on_the_cpu_is_refused():
-    with pytest.raises(ConfigError, match="trainer.precision='16' is not allowed: auto, 32 or bf16 on the CPU"):
-        resolve_precision("16", CPU)
+def test_fp16_on_the_cpu_is_refused(tmp_path):
+    with pytest.raises(BadArgument, match="precision='16' is not allowed: auto, 32 or bf16 on the CPU"):
+        resolve_precision("16", CPU)  # the library names its argument; the app names the key, before any work:
+    proc = cli("trainer.precision=16", "runtime.device=cpu", "logger=none", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 2 and "cnnlab: error: trainer.precision='16' is not allowed" in proc.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_this_cpu_reports_what_torch_reports():

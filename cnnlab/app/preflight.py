@@ -18,15 +18,18 @@ from cnnlab.app import resume
 from cnnlab.config.checks import validate
 from cnnlab.errors import UserError
 from cnnlab.records import checkpoint
-from cnnlab.training.hardware import resolve_device
+from cnnlab.tasks.build import boundary
+from cnnlab.training.hardware import resolve_device, resolve_precision
 
 
 def check_run(config: DictConfig) -> None:
     """Everything a single run can be refused for, before Hydra writes its run dir; a resumed run is pointed at
     the original run dir (its .hydra/ keeps how the run was started)."""
     validate(config)
-    if str(config.runtime.device).startswith("cuda"):  # no GPU: say so before a run dir exists
-        resolve_device(str(config.runtime.device))
+    with boundary("runtime"):  # no GPU: say so before a run dir exists
+        device = resolve_device(str(config.runtime.device))
+    with boundary("trainer"):  # fp16 on a CPU
+        resolve_precision(str(config.trainer.precision), device)
     spec = config.runtime.get("resume") if "runtime" in config else None
     if spec:
         continue_run(config, str(spec))

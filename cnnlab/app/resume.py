@@ -15,6 +15,7 @@ logger, paths, the data location, the launcher: `cnnlab.config.schema.defines_re
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -31,10 +32,11 @@ from cnnlab.errors import CheckpointError, ConfigError, UserError
 from cnnlab.records import checkpoint
 from cnnlab.records.results import flat
 from cnnlab.records.status import read_status
-from cnnlab.training.hardware import resumed_precision
+from cnnlab.training.hardware import resolve_device, resolve_precision
 
 SKIP, RESUME, START, MISMATCH = "skip", "resume", "start", "mismatch"
 ALLOWED = "a run dir, <run dir>/checkpoints/last.pt, or auto"
+log = logging.getLogger("cnnlab")
 RESUME_SUBDIR = ".hydra/resume"  # a resumed run's config; .hydra/ keeps how it started
 
 
@@ -115,6 +117,28 @@ def check_same_run(saved: dict[str, Any], current: dict[str, Any], path: Path) -
             + "; ".join(differ[:10])
             + ". Resume with the overrides the run was started with (its .hydra/overrides.yaml)."
         )
+
+
+def resumed_precision(saved: str | None, spec: str | None, device_spec: str) -> str | None:
+    """The precision a resume compares with the checkpoint's (bit-exact resume needs the same one).
+
+    `auto` must resolve here to what the checkpoint trained in; an explicit other value is the user's choice:
+    the run continues in it, with a warning, as a different computation from that step on.
+    """
+    if saved is None or spec is None or spec == saved:
+        return spec
+    if spec == "auto":
+        resolved, _ = resolve_precision("auto", resolve_device(device_spec))
+        if resolved != saved:
+            raise ConfigError(
+                "trainer.precision",
+                "auto",
+                f"{saved}, the precision the checkpoint trained in (auto gives {resolved} on this machine)",
+                f"trainer.precision={saved}",
+            )
+        return saved
+    log.warning("resuming a run trained in precision %s in precision %s, as set: it will not be bit-exact", saved, spec)
+    return saved
 
 
 def resume_command(overrides: Sequence[str], run_dir: Path) -> str:

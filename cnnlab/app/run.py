@@ -28,7 +28,7 @@ from cnnlab.config.checks import validate
 from cnnlab.errors import UserError
 from cnnlab.records.status import read_status, write_status
 from cnnlab.records.tracking import NullLogger
-from cnnlab.tasks.build import build
+from cnnlab.tasks.build import boundary, build
 from cnnlab.tasks.context import Context, RunInfo
 from cnnlab.tasks.publish import publish, run_name, run_provenance
 from cnnlab.training.hardware import gpu_lease, resolve_device, resolve_precision
@@ -127,7 +127,8 @@ def execute(cfg: DictConfig, info: RunInfo) -> float:
 
 
 def _run(cfg: DictConfig, info: RunInfo, device: torch.device) -> float:
-    precision, why = resolve_precision(str(cfg.trainer.precision), device)
+    with boundary("trainer"):
+        precision, why = resolve_precision(str(cfg.trainer.precision), device)
     cfg.trainer.precision = precision  # what ran: the config in checkpoints, W&B and metrics says bf16 or 32
     torch.set_num_threads(thread_count(cfg.runtime.threads, info))
     threads = torch.get_num_threads()
@@ -180,7 +181,9 @@ def job_device(spec: str, info: RunInfo) -> Iterator[torch.device]:
     GPU for the job's lifetime. A SLURM job sees only the GPUs it was given, as cuda:0..."""
     gpus = torch.cuda.device_count() if spec == "auto" and torch.cuda.is_available() else 0
     if gpus < 2 or info.parallel_jobs < 2 or info.sweep_dir is None:
-        yield resolve_device(spec)
+        with boundary("runtime"):
+            device = resolve_device(spec)
+        yield device
         return
     with gpu_lease(info.sweep_dir, gpus, info.parallel_jobs) as gpu:
         yield resolve_device(spec, gpu)

@@ -26,7 +26,10 @@ def run(ctx: Context) -> TaskResult:
     model, saved, state = restore_model(cfg.checkpoint, ctx.device, ctx.run_dir)
     dataset = evaluated_dataset(saved, cfg, ctx.info)
     other = dataset.name != saved.dataset.name
-    trainer = Trainer(trained_precision(ctx, saved), ctx.device, ctx.run_dir, ctx.logger, runtime=layout(ctx, saved))
+    with boundary("trainer"):  # a checkpoint trained in fp16 on a GPU, evaluated on a CPU
+        trainer = Trainer(
+            trained_precision(ctx, saved), ctx.device, ctx.run_dir, ctx.logger, runtime=layout(ctx, saved)
+        )
     with boundary("runtime.channels_last", trainer.runtime.channels_last, "runtime.channels_last=auto"):
         model = trainer.prepare(model)
     loader = getattr(build_loaders(dataset, trainer.cfg, trainer.runtime, int(saved.seed), ctx.device), split)

@@ -1,6 +1,8 @@
 """Which device and precision a run uses, and the device settings that make it fast.
 
-- `resolve_device`: runtime.device (auto, cpu, cuda, cuda:N) to a torch.device, refusing what is not there.
+Library code: a value out of range is a BadArgument about its argument; the caller names the config key.
+
+- `resolve_device`: a device spec (auto, cpu, cuda, cuda:N) to a torch.device, refusing what is not there.
 - `resolve_precision`: trainer.precision=auto is bf16 autocast where the device runs bf16 natively (a CUDA GPU
   with bf16; a CPU with AMX or AVX512-BF16), fp32 elsewhere: on a CPU without native bf16, bf16 is emulated and
   several times slower.
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from cnnlab.errors import ConfigError
+from cnnlab.errors import BadArgument
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +35,9 @@ def resolve_device(spec: str, gpu: int | None = None) -> torch.device:
     device = torch.device(spec)  # the schema allows auto, cpu, cuda and cuda:N only
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(
-                "runtime.device", spec, "auto or cpu: this machine has no CUDA GPU", "runtime.device=auto"
-            )
+            raise BadArgument("device", spec, "auto or cpu: this machine has no CUDA GPU", "auto")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError("runtime.device", spec, f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+            raise BadArgument("device", spec, f"cuda:0 to cuda:{torch.cuda.device_count() - 1}", "cuda:0")
     return device
 
 
@@ -55,9 +55,7 @@ def native_bf16(device: torch.device) -> bool:
 def resolve_precision(spec: str, device: torch.device) -> tuple[str, str]:
     """trainer.precision as run on `device` (32, bf16 or 16), and why, for the log."""
     if spec == "16" and device.type != "cuda":
-        raise ConfigError(
-            "trainer.precision", "16", "auto, 32 or bf16 on the CPU (fp16 needs a GPU)", "trainer.precision=auto"
-        )
+        raise BadArgument("precision", "16", "auto, 32 or bf16 on the CPU (fp16 needs a GPU)", "auto")
     if spec != "auto":
         return spec, "set"
     where = "this GPU" if device.type == "cuda" else "this CPU"
@@ -100,25 +98,3 @@ def gpu_lease(folder: Path, gpus: int, jobs: int) -> Iterator[int]:
                 handle.close()
             return
     yield 0  # more jobs running than slots (a crashed job's process still alive): share GPU 0
-
-
-def resumed_precision(saved: str | None, spec: str | None, device_spec: str) -> str | None:
-    """The precision a resume compares with the checkpoint's (bit-exact resume needs the same one).
-
-    `auto` must resolve here to what the checkpoint trained in; an explicit other value is the user's choice:
-    the run continues in it, with a warning, as a different computation from that step on.
-    """
-    if saved is None or spec is None or spec == saved:
-        return spec
-    if spec == "auto":
-        resolved, _ = resolve_precision("auto", resolve_device(device_spec))
-        if resolved != saved:
-            raise ConfigError(
-                "trainer.precision",
-                "auto",
-                f"{saved}, the precision the checkpoint trained in (auto gives {resolved} on this machine)",
-                f"trainer.precision={saved}",
-            )
-        return saved
-    log.warning("resuming a run trained in precision %s in precision %s, as set: it will not be bit-exact", saved, spec)
-    return saved
