@@ -190,3 +190,17 @@ def test_one_shared_pass_gives_the_scores_and_maps_of_separate_calls(name, layer
     got, want = shared.maps(classes), method(x, classes)
     assert torch.equal(got.maps, want.maps) and torch.equal(got.classes, want.classes) and got.stride == want.stride
     assert torch.equal(SharedPass(scorer, scorer, x).maps(classes).maps, scorer(x).maps)  # fully-conv: every class
+
+
+@pytest.mark.parametrize("name", ["cam", "grad-cam", "score-cam"])
+def test_one_class_per_image_may_be_a_vector(name: str) -> None:
+    from cnnlab.errors import BadArgument
+    from cnnlab.vision import make_method
+
+    model = small_resnet().eval()
+    x = torch.randn(3, 1, 28, 28)
+    method = make_method(name, model)
+    classes = torch.tensor([1, 4, 7])
+    torch.testing.assert_close(method(x, classes).maps, method(x, classes[:, None]).maps)
+    with pytest.raises(BadArgument, match=r"class indices \(3,\) or \(3, m\)"):
+        method(x, torch.zeros(2, dtype=torch.long))

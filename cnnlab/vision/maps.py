@@ -75,7 +75,7 @@ class ClassMapMethod:
         self.module = None if self.layer is None else find_layer(model, self.layer)
 
     def __call__(self, x: torch.Tensor, classes: torch.Tensor | None = None) -> ClassMaps:
-        """Maps of `classes` ((B, m) class indices; None: every class) for the (B, C, H, W) batch `x`."""
+        """Maps of `classes` ((B, m) or (B,) class indices; None: every class) for the (B, C, H, W) batch `x`."""
         return self.explain(self.forward(x)[0], classes)
 
     def forward(self, x: torch.Tensor, *others: ClassMapMethod) -> list[Pass]:
@@ -91,9 +91,7 @@ class ClassMapMethod:
     def explain(self, run: Pass, classes: torch.Tensor | None = None) -> ClassMaps:
         """Maps of `classes` (None: every class) from a forward pass through this method's hook."""
         x = run.x
-        if classes is None:
-            classes = torch.arange(self.num_classes, device=x.device).expand(len(x), -1)
-        classes = classes.to(x.device).long()
+        classes = class_matrix(classes, len(x), self.num_classes, x.device)
         with torch.set_grad_enabled(self.gradients):
             maps = self.maps(x, run.logits, run.activations, classes)
         stride = 1 if run.activations is None else round(x.shape[-1] / run.activations.shape[-1])
@@ -124,6 +122,17 @@ class ClassMapMethod:
             yield kept
         finally:
             handle.remove()
+
+
+def class_matrix(classes: torch.Tensor | None, batch: int, num_classes: int, device: torch.device) -> torch.Tensor:
+    """The classes to map as (B, m) indices: every class for None, one per image for a (B,) tensor."""
+    if classes is None:
+        return torch.arange(num_classes, device=device).expand(batch, -1)
+    classes = classes.to(device).long()
+    classes = classes[:, None] if classes.dim() == 1 else classes
+    if classes.dim() != 2 or len(classes) != batch:
+        raise BadArgument("classes", tuple(classes.shape), f"class indices ({batch},) or ({batch}, m)", None)
+    return classes
 
 
 def gap_classifier(model: nn.Module) -> tuple[nn.Linear, str]:

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from cnnlab.errors import BadArgument
 from cnnlab.vision.baselines import BASELINES
-from cnnlab.vision.maps import ClassMapMethod, ClassMaps
+from cnnlab.vision.maps import ClassMapMethod, ClassMaps, class_matrix
 from cnnlab.vision.methods import OWN
 
 PREFIX = "pgc:"
@@ -62,8 +62,7 @@ class LibraryMethod(ClassMapMethod):
     def __call__(self, x: Tensor, classes: Tensor | None = None) -> ClassMaps:
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-        if classes is None:
-            classes = torch.arange(self.num_classes, device=x.device).expand(len(x), -1)
+        classes = class_matrix(classes, len(x), self.num_classes, x.device)
         with torch.no_grad():
             logits = self.model(x)
         columns = []
