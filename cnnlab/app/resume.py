@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from cnnlab.config.overrides import keys
 from cnnlab.config.schema import defines_result
 from cnnlab.errors import CheckpointError, ConfigError, UserError
 from cnnlab.records import checkpoint
@@ -38,14 +38,6 @@ SKIP, RESUME, START, MISMATCH = "skip", "resume", "start", "mismatch"
 ALLOWED = "a run dir, <run dir>/checkpoints/last.pt, or auto"
 log = logging.getLogger("cnnlab")
 RESUME_SUBDIR = ".hydra/resume"  # a resumed run's config; .hydra/ keeps how it started
-
-
-def keys(overrides: Iterable[Any]) -> list[tuple[str, str]]:
-    """(key, the override as written) of each override, as Hydra parses it (+key, ~key and key@pkg included)."""
-    lines = [str(o) for o in overrides]
-    return [
-        (o.key_or_group, line) for o, line in zip(OverridesParser.create().parse_overrides(lines), lines, strict=True)
-    ]
 
 
 def comparable(overrides: Iterable[Any]) -> tuple[str, ...]:

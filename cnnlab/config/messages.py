@@ -9,6 +9,7 @@ import difflib
 from dataclasses import MISSING, fields
 from typing import Any
 
+from cnnlab.config.overrides import values
 from cnnlab.config.schema import SCHEMAS, Config, dataclass_in, option_of
 from cnnlab.errors import ConfigError, UserError
 
@@ -100,16 +101,14 @@ def keys_of(key: str, options: dict[str, str] | None = None) -> list[str]:
     return names
 
 
-def parsed_keys(overrides: list[str]) -> list[tuple[str, str]]:
-    """(key, override) of the overrides Hydra can parse (a malformed one is Hydra's own error to report)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+def given_values(overrides: list[str]) -> dict[str, str]:
+    """key -> value text of the overrides Hydra can parse (a malformed one is Hydra's own error to report)."""
     from hydra.errors import OverrideParseException
 
-    parser = OverridesParser.create()
-    found = []
+    found: dict[str, str] = {}
     for line in overrides:
         try:
-            found.append((parser.parse_override(line).key_or_group, line))
+            found.update(values([line]))
         except OverrideParseException:
             continue
     return found
@@ -216,7 +215,7 @@ def explain(error: BaseException, overrides: list[str]) -> UserError | None:
     from hydra.errors import MissingConfigException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
-    given = {k: line.split("=", 1)[1] for k, line in parsed_keys(overrides) if "=" in line}
+    given = given_values(overrides)
     options = {k: v for k, v in given.items() if k in SCHEMAS}
     if isinstance(error, MissingConfigException) and str(error.missing_cfg_file) in PLUGINS:  # not installed
         package, extra = PLUGINS[str(error.missing_cfg_file)]

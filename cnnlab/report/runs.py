@@ -9,7 +9,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab.sweeps.callbacks import sweep_statuses
+from cnnlab.config.overrides import values
+from cnnlab.records.status import sweep_statuses
 from cnnlab.sweeps.resume import MULTIRUN_FILE, not_started
 
 
@@ -37,7 +38,7 @@ class Run:
     @property
     def overridden(self) -> dict[str, str]:
         """What the run's overrides set, key -> value as typed ("+key=" and "~key=" as key)."""
-        return dict(o.lstrip("+~").split("=", 1) for o in self.overrides if "=" in o)
+        return values(self.overrides)
 
     def get(self, key: str) -> Any:
         """A config value by dotted key, e.g. model.depth; None when the config has no such key."""

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from cnnlab.config.overrides import values
 from cnnlab.records.figures import pyplot, save_figure
 from cnnlab.report.runs import Run
 
@@ -85,12 +86,11 @@ def searched_keys(sweeper: DictConfig, runs: Sequence[Run]) -> list[str]:
     params = OmegaConf.to_container(sweeper.get("params") or {})
     lines = [f"{k}={v}" for k, v in params.items()]  # type: ignore[union-attr]
     keys = [o.get_key_element() for o in OverridesParser.create().parse_overrides(lines) if o.is_sweep_override()]
-    values: dict[str, set[str]] = {}
+    seen: dict[str, set[str]] = {}
     for run in runs:
-        for override in run.overrides:
-            key, _, value = override.partition("=")
-            values.setdefault(key, set()).add(value)
-    return keys + [k for k, v in values.items() if len(v) > 1 and k not in keys]
+        for key, value in values(run.overrides).items():
+            seen.setdefault(key, set()).add(value)
+    return keys + [k for k, v in seen.items() if len(v) > 1 and k not in keys]
 
 
 def command(trial: Trial) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from cnnlab.config.overrides import keys, values
 from cnnlab.records.tracking import NullLogger
 
 
@@ -26,7 +27,7 @@ class RunInfo:
 
     def on_command_line(self, key: str) -> bool:
         """Whether the command line sets `key` (key=, +key=, ++key=)."""
-        return any(o.lstrip("+~").startswith(f"{key}=") for o in self.overrides)
+        return key in values(self.overrides)
 
     def sweep_group(self) -> str | None:
         """Jobs of one multirun share a W&B group named after the sweep dir."""
@@ -34,7 +35,7 @@ class RunInfo:
 
     def tags(self) -> list[str]:
         """W&B tags from the command line's overrides (e.g. model.depth=56), to filter the runs of a sweep."""
-        return [o for o in self.overrides if len(o) <= 64 and not o.lstrip("+~").startswith(("hydra", "paths."))]
+        return [line for k, line in keys(self.overrides) if len(line) <= 64 and not k.startswith(("hydra", "paths."))]
 
 
 @dataclass

@@ -6,6 +6,7 @@ import logging
 
 from omegaconf import DictConfig, OmegaConf
 
+from cnnlab.config.overrides import keys
 from cnnlab.config.schema import RuntimeConfig, TrainerConfig
 from cnnlab.records import figures
 from cnnlab.records.results import class_table, confusion, per_class
@@ -20,7 +21,7 @@ LAYOUT = ("channels_last", "eval_batch_size")  # runtime keys evaluate takes fro
 
 def run(ctx: Context) -> TaskResult:
     cfg, split = ctx.cfg, ctx.cfg.task.split
-    ignored = [o.split("=")[0] for o in ctx.info.overrides if o.lstrip("+~").startswith(("model=", "model."))]
+    ignored = [key for key, _ in keys(ctx.info.overrides) if key == "model" or key.startswith("model.")]
     if ignored:
         log.warning("task=evaluate rebuilds the model from the checkpoint: ignored %s", ", ".join(ignored))
     model, saved, state = restore_model(cfg.checkpoint, ctx.device, ctx.run_dir)
