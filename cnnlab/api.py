@@ -85,14 +85,19 @@ def multirun(overrides: Sequence[str] = ()) -> list[Result]:
     from hydra.types import RunMode
 
     from cnnlab.app.run import main_job
-    from cnnlab.sweeps.callbacks import print_summary
+    from cnnlab.config.overrides import keys
+    from cnnlab.sweeps.callbacks import SlurmInterrupt, print_summary
+    from cnnlab.sweeps.resume import find_sweep, quoted
 
     with _hydra(overrides) as hydra:
-        pinned = list(overrides)
-        if not any(o.startswith("hydra.sweep.dir=") for o in pinned):  # the dir the jobs are read back from
-            config = hydra.compose_config("config", pinned, run_mode=RunMode.MULTIRUN, with_log_configuration=False)
-            pinned.append(f"hydra.sweep.dir={config.hydra.sweep.dir}")
-        sweep_dir = Path(pinned[[o.startswith("hydra.sweep.dir=") for o in pinned].index(True)].split("=", 1)[1])
+        given = [key for key, _ in keys(overrides)]
+        pinned = [*overrides] + ([] if "hydra.mode" in given else ["hydra.mode=MULTIRUN"])  # what the CLI's -m adds
+        config = hydra.compose_config("config", pinned, run_mode=RunMode.MULTIRUN, with_log_configuration=False)
+        sweep_dir = Path(str(config.hydra.sweep.dir))  # the dir the jobs are read back from
+        if "hydra.sweep.dir" not in given:
+            if config.get("runtime") and config.runtime.get("resume"):  # continue the newest sweep of this grid
+                sweep_dir = find_sweep(config)
+            pinned.append(f"hydra.sweep.dir={quoted(sweep_dir.absolute())}")
         try:
             hydra.multirun(config_name="config", task_function=main_job, overrides=pinned)
         except Exception:  # a job failed and Hydra re-raised it: the others ran, each status.json says how
@@ -100,6 +105,7 @@ def multirun(overrides: Sequence[str] = ()) -> list[Result]:
                 raise
         finally:
             atexit.unregister(print_summary)  # the CLI's summary at exit: said here, at the end of the call
+            SlurmInterrupt.restore()  # a later Ctrl-C in this process is the caller's again
         print_summary(sweep_dir)
     return [Result.of(job) for job in sweep_statuses(sweep_dir.absolute())]
 

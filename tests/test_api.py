@@ -153,3 +153,13 @@ def test_localize_finds_the_boxes_task_localize_finds(tmp_path: Path, trained: a
     for mine, (boxes, labels) in zip(found, saved["found"], strict=True):
         assert torch.equal(mine["classes"], labels) and torch.allclose(mine["boxes"], boxes)
         assert mine["scores"].shape == labels.shape
+
+
+def test_multirun_resumes_a_finished_sweep_as_the_cli_does(tmp_path: Path) -> None:
+    base = [*TINY, "trainer.max_steps=3", "seed=0,1", f"paths.output_dir={tmp_path}"]
+    first = api.multirun(base)
+    assert all((r.run_dir.parent / "multirun.yaml").is_file() for r in first)  # a multirun, as the CLI's -m
+    written = [(r.run_dir / "metrics.json").stat().st_mtime_ns for r in first]
+    again = api.multirun([*base, "runtime.resume=auto"])  # no sweep dir given: the newest sweep of this grid
+    assert [r.run_dir for r in again] == [r.run_dir for r in first]
+    assert [(r.run_dir / "metrics.json").stat().st_mtime_ns for r in again] == written  # skipped, untouched

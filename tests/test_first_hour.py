@@ -176,3 +176,13 @@ def test_a_blown_up_but_finite_loss_gets_a_hint() -> None:
     assert blown_up(2.3, 0.1) is None and blown_up(float("nan"), 0.1) is None
     hint = blown_up(1e11, 0.5)
     assert hint is not None and "optimizer.lr=0.05" in hint and "divergence guard" in hint
+
+
+def test_an_error_inside_a_single_run_is_one_line(tmp_path: Path) -> None:
+    """Found only while training (a diverging lr): still one line, no Hydra 'Error executing job' before it."""
+    args = ["model=resnet", "model.depth=8", "model.width=4", "trainer.max_steps=5", "optimizer.lr=1e12"]
+    proc = cli(*args, "logger=none", "runtime.figures=false", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.startswith(("cnnlab: error", "Error executing"))]
+    assert len(lines) == 1 and lines[0].startswith("cnnlab: error: the training loss became NaN or inf"), lines
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "diverged"

@@ -25,7 +25,7 @@ from cnnlab import tasks
 from cnnlab.app import resume
 from cnnlab.app.preflight import checkpoint_config
 from cnnlab.config.checks import validate
-from cnnlab.errors import UserError
+from cnnlab.errors import Refused, UserError
 from cnnlab.records.status import read_status, write_status
 from cnnlab.records.tracking import NullLogger
 from cnnlab.tasks.build import boundary, build
@@ -45,7 +45,11 @@ def main_job(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 
     info = run_info(cfg)
-    plan = resume.plan_job(HydraConfig.get(), cfg.runtime.get("resume"), info.run_dir) if info.multirun else None
+    try:
+        plan = resume.plan_job(HydraConfig.get(), cfg.runtime.get("resume"), info.run_dir) if info.multirun else None
+    except UserError as e:  # its job dir was started as another job of the grid: this job fails, the sweep goes on
+        write_status(info.run_dir, "failed", info.overrides, e)
+        raise
     if plan is not None and plan.action == resume.SKIP:  # a completed job of a resumed sweep: left as it is
         print(f"cnnlab: skipped: completed ({info.run_dir})", file=sys.stderr)
         return resume.recorded(info.run_dir, cfg.task.get("monitor"))
@@ -68,12 +72,12 @@ def main_job(cfg: DictConfig) -> float:
         if e.resume_command:
             print(f"cnnlab: resume with: {e.resume_command}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except DivergenceError as e:  # the CLI says it in one line (exit 2); a sweep lists it and goes on
+    except DivergenceError as e:  # one line from the CLI (exit 2); a sweep lists it and goes on
         write_status(info.run_dir, "diverged", info.overrides, e, step=e.state.step)
-        raise
-    except UserError as e:  # the CLI says it in one line (exit 2); Python gets the exception
+        raise e if info.multirun else Refused(e) from None
+    except UserError as e:  # one line from the CLI (exit 2); Python gets the exception
         record_refusal(info, e, previous)
-        raise
+        raise e if info.multirun else Refused(e) from None
     except Exception as e:
         write_status(info.run_dir, "failed", info.overrides, e)
         raise

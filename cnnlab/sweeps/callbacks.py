@@ -83,9 +83,13 @@ class SlurmInterrupt(Callback):
     cancels this launch's jobs that have not started and sends SIGINT to the running ones, which finish their
     step, write last.pt and record `interrupted`; one line says so, and the launcher exits 130."""
 
+    installed: Any = None  # the handler this process has on SIGINT for a SLURM sweep, and the one it replaced
+    replaced: Any = None
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not str(OmegaConf.select(config, "hydra.launcher._target_", default="")).endswith(".SlurmLauncher"):
             return
+        SlurmInterrupt.restore()  # an earlier sweep's handler, in a process that runs several (cnnlab.multirun)
         if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:  # ignored (a script's `&`), or taken
             return
         folders = Path(str(config.hydra.launcher.submitit_folder)).parent  # <sweep dir>/.submitit
@@ -97,7 +101,18 @@ class SlurmInterrupt(Callback):
             stop_slurm_jobs(sorted(set(_slurm_job_ids(folders)) - before, key=int), sweep_dir)
             raise SystemExit(128 + signal.SIGINT)
 
-        signal.signal(signal.SIGINT, interrupted)
+        SlurmInterrupt.replaced = signal.signal(signal.SIGINT, interrupted)
+        SlurmInterrupt.installed = interrupted
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        SlurmInterrupt.restore()
+
+    @staticmethod
+    def restore() -> None:
+        """Give SIGINT back the handler it had before a SLURM sweep took it (if that sweep's is still there)."""
+        if SlurmInterrupt.installed is not None and signal.getsignal(signal.SIGINT) is SlurmInterrupt.installed:
+            signal.signal(signal.SIGINT, SlurmInterrupt.replaced)
+        SlurmInterrupt.installed = SlurmInterrupt.replaced = None
 
 
 SLURM_JOB_FOLDER = re.compile(r"^(\d+)(_\d+)?$")  # submitit's folder per job: <job id>, or <array id>_<task>

@@ -144,13 +144,13 @@ def redirect(config: DictConfig) -> Path:
         # the jobs compose their config again from these: the same sweep dir, and .hydra/ kept as it started
         config.hydra.overrides.hydra = [
             *kept,
-            f"hydra.sweep.dir={_quoted(sweep_dir)}",
+            f"hydra.sweep.dir={quoted(sweep_dir)}",
             f"hydra.output_subdir={RESUME_SUBDIR}",
         ]
     return sweep_dir
 
 
-def _quoted(path: Path) -> str:
+def quoted(path: Path) -> str:
     """A path as a Hydra override value: quoted, so commas, spaces and '=' stay part of it."""
     return "'" + str(path).replace("'", "\\'") + "'"
 
@@ -165,7 +165,7 @@ def command(sweep_dir: Path, extra: Sequence[str] = ()) -> list[str]:
     recorded = OmegaConf.load(path).hydra.overrides
     dropped = ("hydra.mode=", "hydra.sweep.dir=", "hydra.output_subdir=")
     hydra = [str(o) for o in recorded.hydra if not str(o).startswith(dropped)]
-    sweep = f"hydra.sweep.dir={_quoted(sweep_dir.absolute())}"
+    sweep = f"hydra.sweep.dir={quoted(sweep_dir.absolute())}"
     return ["-m", *hydra, *without_resume(map(str, recorded.task)), *extra, sweep, "runtime.resume=auto"]
 
 

@@ -261,7 +261,7 @@ def evaluated_dataset(saved: DictConfig, cfg: DictConfig, info: RunInfo) -> Dict
         return trained_dataset(saved, cfg, info)
     mine, theirs = (
         (list(cfg.dataset.shape), int(cfg.dataset.num_classes)),
-        (list(saved.dataset.shape), int(saved.model.num_classes)),
+        (list(saved.dataset.shape), int(saved.dataset.num_classes)),  # a background class is the model's own
     )
     if mine != theirs:
         allowed = (
