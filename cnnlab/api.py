@@ -9,6 +9,7 @@ class maps of any images, leaving the model as it found it.
 from __future__ import annotations
 
 import atexit
+import logging
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -53,7 +54,7 @@ def _hydra(overrides: Sequence[str]) -> Iterator[Any]:
     from hydra import initialize_config_dir
 
     register()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="cnnlab"):
+    with _logging_as_found(), initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="cnnlab"):
         from hydra.core.global_hydra import GlobalHydra
 
         try:
@@ -69,6 +70,22 @@ def _hydra(overrides: Sequence[str]) -> Iterator[Any]:
             if said is None:
                 raise
             raise UserError(said[0]) from None
+
+
+@contextmanager
+def _logging_as_found() -> Iterator[None]:
+    """Hydra points the root logger at the run's cnnlab.log; afterwards the caller's logging is as it was (a
+    notebook's later log lines do not land in the last run's file)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield
+    finally:
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 def run(overrides: Sequence[str] = ()) -> Result:

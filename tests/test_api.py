@@ -163,3 +163,16 @@ def test_multirun_resumes_a_finished_sweep_as_the_cli_does(tmp_path: Path) -> No
     again = api.multirun([*base, "runtime.resume=auto"])  # no sweep dir given: the newest sweep of this grid
     assert [r.run_dir for r in again] == [r.run_dir for r in first]
     assert [(r.run_dir / "metrics.json").stat().st_mtime_ns for r in again] == written  # skipped, untouched
+
+
+def test_a_run_leaves_the_callers_logging_and_environment_as_they_were(tmp_path: Path) -> None:
+    import logging
+    import os
+    import sys
+
+    root = logging.getLogger()
+    handlers, stdout = list(root.handlers), sys.stdout
+    environment = {k: os.environ.get(k) for k in ("WANDB_SILENT", "WANDB_DATA_DIR", "WANDB_CACHE_DIR")}
+    api.run([*TINY, "trainer.max_steps=2", "logger=wandb", f"paths.output_dir={tmp_path}"])
+    assert root.handlers == handlers and sys.stdout is stdout
+    assert {k: os.environ.get(k) for k in environment} == environment

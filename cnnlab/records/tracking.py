@@ -89,8 +89,8 @@ class WandbLogger(NullLogger):
     ) -> None:
         import wandb
 
+        self.outside = {key: os.environ.get(key) for key in (*RUN_DIR_ENV, "WANDB_SILENT")}  # given back at finish
         os.environ.setdefault("WANDB_SILENT", "true")
-        self.outside = {key: os.environ.get(key) for key in RUN_DIR_ENV}  # given back at finish
         for key, sub in RUN_DIR_ENV.items():  # W&B's staging copies and cache live in the run dir, not in $HOME
             os.environ[key] = str(run_dir / "wandb" / sub)
         self.run = wandb.init(
