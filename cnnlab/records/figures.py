@@ -56,9 +56,9 @@ def training_curves(history: Sequence[dict[str, float]], path: Path, title: str 
         loss = [(r["step"], r[f"{split}_loss"]) for r in history if f"{split}_loss" in r]
         err = [(r["step"], 100 * (1 - r[f"{split}_acc"])) for r in history if f"{split}_acc" in r]
         if loss:
-            ax_loss.plot(*zip(*loss, strict=True), marker=".", label=split)
+            ax_loss.plot(*zip(*loss, strict=True), marker="o", markersize=3, label=split)  # a lone evaluation shows
         if err:
-            ax_err.plot(*zip(*err, strict=True), marker=".", label=split)
+            ax_err.plot(*zip(*err, strict=True), marker="o", markersize=3, label=split)
     ax_loss.set(xlabel="step", ylabel="loss", title="loss")
     ax_err.set(xlabel="step", ylabel="error (%)", title="error")
     for ax in (ax_loss, ax_err):
