@@ -8,17 +8,28 @@ run dir; an output dir that cannot be written fails with one clear line.
 from __future__ import annotations
 
 import copy
+import os
 import tempfile
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from cnnlab.app import resume
 from cnnlab.config.checks import validate
 from cnnlab.errors import UserError
 from cnnlab.records import checkpoint
-from cnnlab.tasks.build import boundary
+from cnnlab.tasks.build import (
+    boundary,
+    check_data,
+    checkpoint_path,
+    class_map_method,
+    evaluated_dataset,
+    own_images,
+    trained_dataset,
+)
+from cnnlab.tasks.context import RunInfo
 from cnnlab.training.hardware import resolve_device, resolve_precision
 
 
@@ -66,11 +77,6 @@ def ensure_writable(folder: Path) -> None:
 def check_inputs(config: DictConfig) -> None:
     """What the checkpoint's header, the data files' headers and the model's layer names can tell, before
     anything is written: what would otherwise fail after the run dir and the W&B run exist."""
-    from hydra.utils import instantiate
-
-    from cnnlab.tasks.build import check_data, class_map_method, evaluated_dataset, own_images, trained_dataset
-    from cnnlab.tasks.context import RunInfo
-
     task = config.task
     if task.name == "classify":
         check_data(config.dataset)
@@ -89,10 +95,6 @@ def check_inputs(config: DictConfig) -> None:
 
 def checkpoint_config(config: DictConfig) -> DictConfig | None:
     """The config a task's checkpoint was trained with, from its header (a run dir: its best checkpoint)."""
-    import os
-
-    from cnnlab.tasks.build import checkpoint_path
-
     reference = str(config.checkpoint)
     if reference.startswith("wandb:"):
         if os.environ.get("WANDB_MODE") in ("offline", "disabled"):

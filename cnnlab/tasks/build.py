@@ -249,7 +249,6 @@ def checkpoint_path(reference: str | None, run_dir: Path) -> Path:
                 f"checkpoint={reference} is a folder without checkpoints/best.pt: pass a run dir of a run that "
                 "trained, or the .pt file itself"
             )
-        log.info("checkpoint=%s: its best checkpoint, %s", reference, best)
         return best
     return path
 
@@ -280,6 +279,8 @@ def restore_model(reference: str | None, device: torch.device, run_dir: Path) ->
     `reference`: see checkpoint_path. Returns (model, saved config, checkpoint state).
     """
     path = checkpoint_path(reference, run_dir)
+    if path != Path(str(reference)) and not str(reference).startswith("wandb:"):  # said once, by the run
+        log.info("checkpoint=%s: its best checkpoint, %s", reference, path)
     state = checkpoint.load(path)
     saved = OmegaConf.create(state["config"])
     model = instantiate(saved.model)
