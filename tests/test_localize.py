@@ -13,10 +13,10 @@ from cnnlab.data.canvas import make_canvases
 from cnnlab.errors import ConfigError
 from cnnlab.models.resnet import ResNet
 from cnnlab.records import checkpoint
-from cnnlab.tasks.build import canvases_for
+from cnnlab.tasks.build import canvas_kinds
 from cnnlab.vision.boxes import Detections, connected_components, detect, pool_scores, regions
-from cnnlab.vision.canvas_eval import Scores
 from cnnlab.vision.maps import cell_centers, upsample_cells
+from cnnlab.vision.scores import Scores, localization
 from cnnlab.vision.methods import FullyConv
 from tests.helpers import QUALITY, assert_localizes, run_app
 
@@ -115,12 +115,19 @@ def test_canvas_errors_name_the_argument_and_the_boundary_names_the_key():
     with pytest.raises(ValueError, match="size=20"):
         make_canvases(images, labels, count=1, size=20)
     sample = OmegaConf.create({"name": "mnist_sample", "shape": [1, 28, 28], "root": None, "download": False})
-    canvas = OmegaConf.create({"count": 1, "size": 32, "digits": 3, "clutter": 0, "fragment": 8, "seed": 0})
+    canvas = {"count": 1, "size": 32, "digits": 3, "clutter": 0, "fragment": 8, "seed": 0, "split": "test"}
+    task = OmegaConf.create({"canvas": canvas, "kinds": None})
     with pytest.raises(ConfigError, match=r"task.canvas.digits=3 is not allowed.*`task.canvas.digits=1`"):
-        canvases_for(canvas, sample)
+        canvas_kinds(task, sample)
+    several = OmegaConf.create({"canvas": {**canvas, "size": 64, "digits": 1}, "kinds": [{}, {"digits": 3}]})
+    with pytest.raises(ConfigError, match=r"task.kinds\[1\].digits=3 is not allowed: at most 2 on a 64px canvas"):
+        canvas_kinds(several, sample)
+    twice = OmegaConf.create({"canvas": {**canvas, "size": 64, "digits": 1}, "kinds": [{}, {"count": 5}]})
+    with pytest.raises(ConfigError, match=r"a kind unlike the others \(single twice\)"):
+        canvas_kinds(twice, sample)
     cifar = OmegaConf.create({"name": "cifar10", "shape": [3, 32, 32]})
     with pytest.raises(ConfigError, match="MNIST-family"):
-        canvases_for(OmegaConf.create({}), cifar)
+        canvas_kinds(task, cifar)
 
 
 # ---------------------------------------------------------------- boxes from maps, pooling, metrics
@@ -193,7 +200,7 @@ def test_scores_match_torchvision_iou_and_the_pointing_game():
     scores = Scores()
     pred = Detections(shifted, torch.tensor([3, 2]), torch.ones(2))  # second box has the wrong class
     scores.add(pred, truth, labels, {3: (20.0, 20.0), 7: (5.0, 5.0)})
-    summary = scores.summary()
+    summary = localization(scores.table())
     expected_iou = float(box_iou(truth[:1], shifted[:1]))
     assert summary["mean_iou"] == pytest.approx(expected_iou / 2)
     assert summary["loc_acc"] == 0.5 and summary["cls_acc"] == 0.5
@@ -223,6 +230,27 @@ def test_localize_end_to_end_on_a_tiny_model(tmp_path, mnist_checkpoint):
     for key in ("cls_acc", "loc_acc", "mean_iou", "pointing_acc", "box_precision"):
         assert 0.0 <= metrics[key] <= 1.0
     assert (tmp_path / "figures" / "localize.png").read_bytes()[:4] == b"\x89PNG"
+    for key in ("cls_acc", "loc_acc", "mean_iou", "pointing_acc", "box_precision"):  # every metric's interval
+        low, high = metrics[f"{key}_ci"]
+        assert 0 <= low <= metrics[key] <= high <= 1
+
+
+def test_several_canvas_kinds_in_one_run(tmp_path, mnist_checkpoint):
+    kinds = "task.kinds=[{},{clutter:2,count:4},{digits:2}]"
+    small = ["task.canvas.count=6", "task.canvas.size=64", "task.figure_count=2", "task.faithfulness_count=3"]
+    result = run_app(tmp_path, "task=localize", f"checkpoint={mnist_checkpoint}", kinds, *small, "task.sanity=false")
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["kinds"] == ["single", "clutter2", "2digits"]
+    assert [metrics[f"{k}/canvases"] for k in metrics["kinds"]] == [6, 4, 6]  # each kind with its count
+    assert metrics["2digits/digits"] == 12 and metrics["canvases"] == 16 and metrics["digits"] == 22  # all together
+    assert result == metrics["loc_acc"]
+    located = sum(metrics[f"{k}/loc_acc"] * metrics[f"{k}/digits"] for k in metrics["kinds"])
+    assert metrics["loc_acc"] == pytest.approx(located / 22)  # the run's own: every digit of every kind
+    assert len(metrics["2digits/deletion_auc_ci"]) == 2 and "single/loc_acc_ci" in metrics
+    rows = (tmp_path / "units.csv").read_text().splitlines()
+    assert rows[0].startswith("kind,unit,") and len(rows) == 1 + 16  # a row per canvas, for paired comparisons
+    for kind in metrics["kinds"]:
+        assert (tmp_path / "figures" / f"localize-{kind}.png").exists() and (tmp_path / f"maps-{kind}.pt").exists()
 
 
 @pytest.mark.slow

@@ -27,9 +27,9 @@ def test_canvas_kinds_are_named_from_the_canvas_settings():
         return canvas_kind(OmegaConf.create({"task": task, "dataset": {"name": "cifar10"}}))
 
     assert kind(canvas={"digits": 1, "clutter": 0}) == "single"
-    assert kind(canvas={"digits": 1, "clutter": 8}) == "cluttered"
-    assert kind(canvas={"digits": 3, "clutter": 0}) == "3 digits"
-    assert kind(canvas={"digits": 3, "clutter": 4}) == "3 digits cluttered"
+    assert kind(canvas={"digits": 1, "clutter": 8}) == "clutter8"
+    assert kind(canvas={"digits": 3, "clutter": 0}) == "3digits"
+    assert kind(canvas={"digits": 3, "clutter": 4}) == "3digits-clutter4"
     assert kind(source="test", canvas={"digits": 1}) == "cifar10 test"
 
 
@@ -43,22 +43,20 @@ def test_the_table_has_every_method_and_kind_and_flags_failed_sanity(tmp_path):
     (tmp_path / "4" / "metrics.json").write_text(json.dumps({"status": "completed", "test_acc": 0.9, "cls_acc": 1}))
     assert len(load_canvas_runs(tmp_path)) == 4
     text, paths = write_canvas(tmp_path)
-    rows = [line for line in text.splitlines() if line.startswith("| ") and "method" not in line]
-    assert [row.split(" | ")[:2] for row in rows] == [
-        ["| single", "grad-cam"],
-        ["| single", "ink"],
-        ["| cluttered", "grad-cam"],
-        ["| 3 digits", "cam"],
-    ]
-    assert "0.820" in rows[0] and "0.750" in rows[2] and "del_auc" in text
-    assert "**1.000 fails**" in rows[1] and "> sanity: ink:" in text and "grad-cam" not in text.split("> sanity")[1]
+    sections = {part.split("\n")[0].split(" (")[0]: part for part in text.split("### ")[1:]}
+    assert list(sections) == ["single", "clutter8", "3digits"]
+    rows = {kind: [r for r in part.splitlines() if r.startswith("| ") and "method" not in r] for kind, part in
+            sections.items()}  # fmt: skip
+    assert [r.split(" | ")[0] for r in rows["single"]] == ["| grad-cam", "| ink (baseline)"]  # baselines marked
+    assert "0.820" in rows["single"][0] and "0.750" in rows["clutter8"][0] and "del_auc" in text
+    assert "**1.000 fails**" in rows["single"][1] and "> sanity: ink:" in text and "grad-cam" not in text.split("> sanity")[1]
     assert paths == []  # fake runs saved no maps: no figure
 
 
 def test_report_with_canvas_runs_only_writes_results_md(tmp_path):
     fake_run(tmp_path / "0", "center", sanity_rank_corr=1.0, sanity_pass=False)
     assert report_canvas(tmp_path, figures_on=False)
-    assert "| single | center |" in (tmp_path / "results.md").read_text()
+    assert "| center (baseline) |" in (tmp_path / "results.md").read_text()
     assert not report_canvas(tmp_path / "0" / ".hydra")  # no runs there
 
 
@@ -68,7 +66,7 @@ def test_two_real_cam_runs_make_one_table_and_one_figure(tmp_path, mnist_checkpo
     for i, method in enumerate(["grad-cam", "ink"]):
         run_app(tmp_path / str(i), "task=cam", f"checkpoint={mnist_checkpoint}", f"task.method={method}", *small)
     text, paths = write_canvas(tmp_path)
-    assert "| single | grad-cam |" in text and "| single | ink |" in text and "> sanity: ink" in text
+    assert "| grad-cam |" in text and "| ink (baseline) |" in text and "> sanity: ink" in text
     assert [p.name for p in paths] == ["canvas-single.png"] and paths[0].read_bytes()[:4] == b"\x89PNG"
 
 
@@ -79,8 +77,5 @@ def test_cnnlab_report_reads_localize_and_cam_runs(tmp_path, capsys):
     fake_run(tmp_path / "1", "ink", sanity_rank_corr=1.0, sanity_pass=False)
     assert report(tmp_path, figures=False) == []  # no classify runs
     text = (tmp_path / "results.md").read_text()
-    assert (
-        "| single | grad-cam |" in text
-        and "> sanity: ink" in text
-        and "| single | grad-cam |" in capsys.readouterr().out
-    )
+    assert "### single" in text and "| grad-cam |" in text and "> sanity: ink" in text
+    assert "| grad-cam |" in capsys.readouterr().out

@@ -22,6 +22,7 @@ from cnnlab.errors import UserError
 from cnnlab.records import checkpoint
 from cnnlab.tasks.build import (
     boundary,
+    canvas_kinds,
     check_data,
     checkpoint_path,
     class_map_method,
@@ -90,7 +91,10 @@ def check_inputs(config: DictConfig) -> None:
             own_images(task)
             return
     info = RunInfo(run_dir=Path("."), overrides=tuple(config.hydra.overrides.task))
-    check_data((evaluated_dataset if task.name == "evaluate" else trained_dataset)(saved, config, info))
+    dataset = (evaluated_dataset if task.name == "evaluate" else trained_dataset)(saved, config, info)
+    if task.name in ("localize", "cam") and task.get("source", "canvas") == "canvas":
+        canvas_kinds(task, dataset)  # each kind fits its canvas
+    check_data(dataset)
 
 
 def checkpoint_config(config: DictConfig) -> DictConfig | None:

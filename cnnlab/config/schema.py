@@ -306,6 +306,17 @@ class CanvasConfig:
     clutter: int = rule(0, *NON_NEGATIVE)
     fragment: int = rule(8, "a side length from 1 to the digit size", lambda v: v > 0)
     seed: int = 0
+    # test: digits the classifier never saw (report these); val: its validation split, to tune thresholds on
+    split: str = rule("test", *one_of("test", "val"))
+
+
+@dataclass
+class CanvasKind:
+    """One kind of canvas of task.kinds: what differs from task.canvas (null: task.canvas's value)."""
+
+    digits: Optional[int] = None
+    clutter: Optional[int] = None
+    count: Optional[int] = None
 
 
 @dataclass
@@ -313,6 +324,10 @@ class LocalizeConfig:
     name: str = task_name("localize")
     monitor: str = rule("loc_acc", *one_of(*CANVAS_METRICS))
     canvas: CanvasConfig = field(default_factory=CanvasConfig)
+    # null: one kind, task.canvas; or several in one run, e.g. [{},{clutter:8},{digits:3}] (metrics <kind>/<key>)
+    kinds: Optional[List[CanvasKind]] = None
+    # ink: the map chooses the ink components of its class and the box is theirs; map: the map's region's box
+    boxes: str = rule("ink", *one_of("ink", "map"))
     pooling: str = rule("window", *one_of("window", "topk", "max", "mean"))
     cell_center: str = rule("middle", *one_of("middle", "field"))
     window: int = rule(5, *POSITIVE)
@@ -330,10 +345,10 @@ class LocalizeConfig:
     # checked against the model's own layers once the checkpoint is read
     layer: Optional[str] = None
     faithfulness: bool = True  # deletion/insertion AUC, Average Drop, Increase in Confidence (vision.faithfulness)
-    faithfulness_count: int = rule(32, *POSITIVE)  # the first images scored: each costs 2 (steps + 1) passes
+    faithfulness_count: int = rule(200, *POSITIVE)  # the first images scored: each costs 2 (steps + 1) passes
     faithfulness_steps: int = rule(8, *POSITIVE)
     sanity: bool = True  # model-randomization check (vision.sanity)
-    sanity_count: int = rule(8, *POSITIVE)  # images whose maps are compared
+    sanity_count: int = rule(32, *POSITIVE)  # images whose maps are compared
 
 
 @dataclass

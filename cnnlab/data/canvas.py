@@ -28,6 +28,12 @@ class Canvases:
         return len(self.images)
 
 
+def kind_name(digits: int, clutter: int) -> str:
+    """single, clutter8, 3digits, 3digits-clutter8: a canvas kind by what it holds."""
+    name = "single" if digits == 1 else f"{digits}digits"
+    return f"clutter{clutter}" if clutter and digits == 1 else f"{name}-clutter{clutter}" if clutter else name
+
+
 def check_canvas_config(count: int, size: int, digits: int, clutter: int, fragment: int, digit_size: int) -> None:
     """Fail before any work on a canvas that cannot hold what was asked for."""
     if not isinstance(count, int) or count <= 0:

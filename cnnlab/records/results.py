@@ -52,8 +52,17 @@ def print_table(title: str, metrics: dict[str, Any], keys: list[str] | None = No
     table.add_column("value", justify="right")
     for key in keys or list(metrics):
         if key in metrics:
-            table.add_row(key, _format(metrics[key]))
+            table.add_row(key, with_interval(metrics, key))
     Console(stderr=True).print(table)
+
+
+def with_interval(metrics: dict[str, Any], key: str) -> str:
+    """A metric as the tables show it, with its 95% interval (`<key>_ci`) where it has one."""
+    text = _format(metrics[key])
+    low_high = metrics.get(f"{key}_ci")
+    if isinstance(low_high, (list, tuple)) and len(low_high) == 2:
+        text += f" [{_format(float(low_high[0]))}, {_format(float(low_high[1]))}]"
+    return text
 
 
 def _format(value: Any) -> str:

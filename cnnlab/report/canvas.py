@@ -1,46 +1,38 @@
 """The localization and class-map benchmark in `cnnlab report`: task=localize and task=cam runs.
 
-One table, method x canvas kind x metric, and per canvas kind one figure with every method's map and boxes on
-the same canvases (each run saves its first canvases' maps in maps.pt, cnnlab.tasks.cam). A canvas kind is read
-from task.canvas: single (1 digit, no clutter), cluttered, N digits; with task.source=test, the test images of
-the model's dataset. A method whose maps survive re-initializing every weight (vision.sanity) is flagged.
+A run of several canvas kinds (task.kinds) counts as one run per kind. Per kind, the methods are ranked in one
+table (cnnlab.report.ranking), with intervals and the best method's paired comparison against each other one on
+the same canvases; per kind one figure shows every method's map and boxes on the same canvases (each run saves
+its first canvases' maps in maps.pt, or maps-<kind>.pt). A kind is named by its canvases (single, clutter8,
+3digits, cnnlab.data.canvas.kind_name); with task.source=test, the test images of the model's dataset.
 """
 
 from __future__ import annotations
 
+import csv
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from cnnlab.config.schema import MAP_BASELINES
+from cnnlab.data.canvas import kind_name
 from cnnlab.records import figures
+from cnnlab.report.ranking import kind_order, ranked_markdown
 
 TASKS = ("localize", "cam")
-METRICS = (
-    "cls_acc",
-    "loc_acc",
-    "mean_iou",
-    "center_err_px",
-    "pointing_acc",
-    "box_precision",
-    "deletion_auc",
-    "insertion_auc",
-    "average_drop",
-    "increase_in_confidence",
-    "sanity_rank_corr",
-)
-SHORT = {"deletion_auc": "del_auc", "insertion_auc": "ins_auc", "increase_in_confidence": "inc_conf"}
-SHORT |= {"average_drop": "avg_drop", "sanity_rank_corr": "sanity_corr"}
 
 
 @dataclass
 class CanvasRun:
     dir: Path
     config: DictConfig
-    metrics: dict[str, Any]
+    metrics: dict[str, Any]  # of this kind alone
+    kind_of_run: str | None = None  # the kind's name in a run of several kinds
+    units: dict[str, torch.Tensor] = field(default_factory=dict)  # per canvas: what the metrics sum (units.csv)
 
     def get(self, key: str, default: Any = None) -> Any:
         return OmegaConf.select(self.config, key, default=default, throw_on_resolution_failure=False)
@@ -54,18 +46,31 @@ class CanvasRun:
 
     @property
     def kind(self) -> str:
-        return canvas_kind(self.config)
+        return self.kind_of_run or canvas_kind(self.config)
+
+    @property
+    def maps_file(self) -> Path:
+        return self.dir / ("maps.pt" if self.kind_of_run is None else f"maps-{self.kind_of_run}.pt")
+
+    @property
+    def baseline(self) -> bool:
+        return self.method.split(" ")[0] in MAP_BASELINES
+
+    @property
+    def canvases(self) -> tuple[Any, ...]:
+        """What makes two runs' canvases the same ones (paired comparisons need them)."""
+        canvas = self.get("task.canvas", {}) or {}
+        keys = ("seed", "size", "fragment", "split")
+        return (self.kind, len(self.units.get("digits", ())), *(canvas.get(k) for k in keys), self.get("checkpoint"))
 
 
 def canvas_kind(config: DictConfig) -> str:
-    """single, cluttered, 3 digits, 3 digits cluttered; `<dataset> test` for task.source=test."""
+    """single, clutter8, 3digits, 3digits-clutter4 (kind_name); `<dataset> test` for task.source=test."""
     task = config.get("task", {})
     if task.get("source", "canvas") != "canvas":
         return f"{OmegaConf.select(config, 'dataset.name', default='dataset')} test"
     canvas = task.get("canvas", {})
-    digits, clutter = int(canvas.get("digits", 1)), int(canvas.get("clutter", 0))
-    name = "single" if digits == 1 else f"{digits} digits"
-    return f"{name} cluttered" if clutter and digits > 1 else "cluttered" if clutter else name
+    return kind_name(int(canvas.get("digits", 1)), int(canvas.get("clutter", 0)))
 
 
 def load_canvas_runs(root: Path) -> list[CanvasRun]:
@@ -78,8 +83,40 @@ def load_canvas_runs(root: Path) -> list[CanvasRun]:
         if OmegaConf.select(config, "task.name", default=None) not in TASKS:
             continue
         if metrics.get("status", "completed") == "completed" and "cls_acc" in metrics:
-            runs.append(CanvasRun(path.parent, config, metrics))
+            runs += per_kind(CanvasRun(path.parent, config, metrics))
     return runs
+
+
+def per_kind(run: CanvasRun) -> list[CanvasRun]:
+    """A run of one kind as it is, a run of several (metrics `<kind>/<key>`) as one run per kind; each with its
+    canvases' units from units.csv where the run wrote one."""
+    units = read_units(run.dir / "units.csv")
+    kinds = run.metrics.get("kinds")
+    if not kinds:
+        return [CanvasRun(run.dir, run.config, run.metrics, None, next(iter(units.values()), {}))]
+    out = []
+    for kind in kinds:
+        mine = {k.split("/", 1)[1]: v for k, v in run.metrics.items() if k.startswith(f"{kind}/")}
+        shared = {k: v for k, v in run.metrics.items() if k.startswith("sanity")}  # on the first kind's canvases
+        out.append(CanvasRun(run.dir, run.config, {**shared, **mine}, kind, units.get(kind, {})))
+    return out
+
+
+def read_units(path: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """units.csv (cnnlab.tasks.cam.write_units) -> kind -> column -> per canvas values (NaN where blank)."""
+    if not path.exists():
+        return {}
+    rows: dict[str, list[dict[str, str]]] = {}
+    with open(path, newline="") as lines:
+        for row in csv.DictReader(lines):
+            rows.setdefault(row.pop("kind"), []).append(row)
+    out = {}
+    for kind, kept in rows.items():
+        keys = [k for k in kept[0] if k != "unit"]
+        out[kind] = {
+            k: torch.tensor([float(r[k]) if r[k] else float("nan") for r in kept], dtype=torch.float64) for k in keys
+        }
+    return out
 
 
 def run_config(job: Path, metrics: dict[str, Any]) -> DictConfig:
@@ -93,45 +130,15 @@ def run_config(job: Path, metrics: dict[str, Any]) -> DictConfig:
     return config
 
 
-def kind_order(kind: str) -> tuple[int, str]:
-    return (["single", "cluttered"].index(kind) if kind in ("single", "cluttered") else 2, kind)
-
-
-def cell(run: CanvasRun, key: str) -> str:
-    value = run.metrics.get(key)
-    if value is None:
-        return "-"
-    text = f"{value:.2f}" if key in ("center_err_px", "average_drop", "increase_in_confidence") else f"{value:.3f}"
-    return f"**{text} fails**" if key == "sanity_rank_corr" and run.metrics.get("sanity_pass") is False else text
-
-
-def canvas_markdown(runs: list[CanvasRun]) -> str:
-    """The benchmark table (markdown), then the methods that fail the sanity check."""
-    runs = sorted(runs, key=lambda r: (kind_order(r.kind), r.method))
-    keys = [k for k in METRICS if any(k in r.metrics for r in runs)]
-    head = ["canvases", "method", *(SHORT.get(k, k) for k in keys)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join([r.kind, r.method, *(cell(r, k) for k in keys)]) + " |" for r in runs]
-    text = "## Localization and class maps\n\n" + "\n".join(lines) + "\n"
-    text += "\nlower is better: center_err_px, del_auc (deletion AUC), avg_drop; higher: the others but sanity_corr\n"
-    failed = sorted({r.method for r in runs if r.metrics.get("sanity_pass") is False})
-    if failed:
-        text += (
-            f"\n> sanity: {', '.join(failed)}: the maps keep their rank order (|rank corr| >= 0.5) with every "
-            "weight re-initialized (Adebayo et al. 2018): they do not explain the model.\n"
-        )
-    return text
-
-
 def draw_canvas_figures(root: Path, runs: list[CanvasRun], out: Path) -> list[Path]:
     """Per canvas kind (and seed): one row per method, its maps and boxes on the same first canvases."""
     groups: dict[tuple[str, Any], list[CanvasRun]] = {}
     for run in sorted(runs, key=lambda r: r.method):
-        if (run.dir / "maps.pt").exists():
+        if run.maps_file.exists():
             groups.setdefault((run.kind, run.get("task.canvas.seed", run.get("seed"))), []).append(run)
     paths = []
     for (kind, seed), group in sorted(groups.items(), key=lambda g: kind_order(g[0][0])):
-        saved = [torch.load(r.dir / "maps.pt", weights_only=True) for r in group]
+        saved = [torch.load(r.maps_file, weights_only=True) for r in group]
         n = min(len(s["images"]) for s in saved)
         if n == 0:
             continue
@@ -170,7 +177,7 @@ def write_canvas(root: Path, figures_on: bool = True) -> tuple[str, list[Path]]:
     if not runs:
         return "", []
     paths = draw_canvas_figures(root, runs, root / "figures") if figures_on else []
-    text = canvas_markdown(runs)
+    text = ranked_markdown(runs)
     text += "".join(f"\n![{p.stem}](figures/{p.name})\n" for p in paths)
     return text, paths
 

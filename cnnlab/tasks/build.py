@@ -20,13 +20,21 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.config.schema import RuntimeConfig, TrainerConfig
 from cnnlab.data import sources
-from cnnlab.data.canvas import MNIST_FAMILY, Canvases, background_patches, check_canvas_config, make_canvases
+from cnnlab.data.canvas import (
+    MNIST_FAMILY,
+    Canvases,
+    background_patches,
+    check_canvas_config,
+    kind_name,
+    make_canvases,
+)
 from cnnlab.data.loader import DeviceLoader, split_train_val
 from cnnlab.errors import BadArgument, CheckpointError, ConfigError, DataError, UserError
 from cnnlab.records import checkpoint
 from cnnlab.tasks.context import RunInfo
 
 log = logging.getLogger("cnnlab")
+CANVAS_KEYS = ("count", "size", "digits", "clutter", "fragment")  # make_canvases' arguments, in order
 
 
 def as_config_error(error: Exception, key: str, value: Any = None, fix: str | None = None) -> ConfigError:
@@ -62,8 +70,8 @@ def build(node: DictConfig, key: str) -> Any:
         raise
 
 
-def canvases_for(canvas: DictConfig, dataset: DictConfig) -> Canvases:
-    """The canvases task.canvas asks for, from the test split of the dataset a model was trained on."""
+def canvas_kinds(task: DictConfig, dataset: DictConfig) -> list[tuple[str, DictConfig]]:
+    """(name, canvas config) of each kind task.kinds asks for (null: task.canvas alone), each checked."""
     if dataset.name not in MNIST_FAMILY:
         raise ConfigError(
             "dataset.name",
@@ -72,11 +80,29 @@ def canvases_for(canvas: DictConfig, dataset: DictConfig) -> Canvases:
             "for other datasets use task=cam task.source=test (overlays without boxes)",
             "checkpoint=<a checkpoint trained on MNIST>",
         )
-    keys = ("count", "size", "digits", "clutter", "fragment")
-    with boundary("task.canvas"):
-        check_canvas_config(*(canvas[k] for k in keys), max(dataset.shape[1:]))
-        data = load_data(dataset)
-        return make_canvases(data.test_x, data.test_y, *(canvas[k] for k in keys), seed=int(canvas.seed))
+    kinds, out = task.get("kinds") or [{}], []
+    for i, kind in enumerate(kinds):
+        canvas = OmegaConf.merge(task.canvas, {k: v for k, v in dict(kind).items() if v is not None})
+        where = "task.canvas" if task.get("kinds") is None else f"task.kinds[{i}]"
+        with boundary(where):
+            check_canvas_config(*(canvas[k] for k in CANVAS_KEYS), max(dataset.shape[1:]))
+        name = kind_name(int(canvas.digits), int(canvas.clutter))
+        if name in (n for n, _ in out):
+            raise ConfigError(where, OmegaConf.to_container(kind), f"a kind unlike the others ({name} twice)", "")
+        out.append((name, canvas))
+    return out
+
+
+def canvases_for(canvas: DictConfig, dataset: DictConfig, seed: int) -> Canvases:
+    """The canvases of one kind, from the digits of the split it names: the test split of the dataset the model
+    was trained on, or its validation split (held out with the training run's `seed`)."""
+    data = load_data(dataset)
+    if canvas.split == "val":
+        _, val = split_train_val(len(data.train_y), int(dataset.val_size), seed)
+        images, labels = data.train_x[val], data.train_y[val]
+    else:
+        images, labels = data.test_x, data.test_y
+    return make_canvases(images, labels, *(canvas[k] for k in CANVAS_KEYS), seed=int(canvas.seed))
 
 
 def typed(node: DictConfig) -> Any:

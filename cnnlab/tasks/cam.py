@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import csv
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
+from rich.table import Table
 
 from cnnlab.config.schema import CANVAS_METRICS
 from cnnlab.data.canvas import Canvases
@@ -24,9 +26,10 @@ from cnnlab.data.files import read_images
 from cnnlab.errors import ConfigError
 from cnnlab.records import figures
 from cnnlab.records.progress import tracked
-from cnnlab.records.results import class_name
+from cnnlab.records.results import class_name, with_interval
 from cnnlab.tasks.build import (
     background_index,
+    canvas_kinds,
     canvases_for,
     class_map_method,
     class_names,
@@ -40,10 +43,11 @@ from cnnlab.tasks.publish import run_name, settings
 from cnnlab.vision.canvas_eval import BoxRule, Evaluation, batches, evaluate_canvases, evaluate_images, explain_files
 from cnnlab.vision.faithfulness import KEYS as FAITHFUL_KEYS
 from cnnlab.vision.sanity import cascade
+from cnnlab.vision.scores import localization, summarize
 
 log = logging.getLogger("cnnlab")
 METRIC_KEYS = list(CANVAS_METRICS)
-MAPS_FILE = "maps.pt"  # the first canvases' maps and boxes, for `cnnlab report`'s figure of every method
+UNITS_FILE = "units.csv"  # per canvas: what the metrics sum, for the report's paired comparisons
 MAPS_SAVED = 8
 
 
@@ -60,30 +64,95 @@ def run(ctx: Context) -> TaskResult:
         return of_files(ctx, model, saved, method, rule, stats)
     on_canvas = task.get("source", "canvas") == "canvas"
     if on_canvas:
-        canvases = canvases_for(task.canvas, dataset)
+        kinds = evaluate_kinds(method, task, dataset, int(saved.seed), stats, black, rule)
+        result, canvases = kinds[0][1], kinds[0][2]
         images = canvases.images
-        batched = tracked(batches(images, *stats, int(task.batch_size)), len(images), f"{task.method} on canvases")
-        result = evaluate_canvases(method, canvases, batched, black, rule, shown)
+        if len(kinds) > 1:  # a run's own metrics: every kind together, then each kind's under its name
+            result = Evaluation({**pooled([k[1] for k in kinds]), **prefixed(kinds)})
     else:
         data = load_data(dataset)
         count = len(data.test_y) if task.count is None else min(int(task.count), len(data.test_y))
         images, labels, names = data.test_x[:count], data.test_y[:count], class_names(dataset)
         batched = tracked(batches(images, *stats, int(task.batch_size)), count, f"{task.method} on test images")
         result = evaluate_images(method, labels, batched, rule, shown, names, black)
+        kinds = [("test", result, None)]
     if task.get("sanity", False):  # the same method on copies of the model, re-initialized top-down
         sample = next(batches(images[: int(task.sanity_count)], *stats, int(task.sanity_count)))
         result.metrics.update(cascade(lambda m: class_map_method(m, task, black), model, sample, int(cfg.seed)))
     name = run_name(saved.model, saved.seed)
-    where = f"{task.canvas.count} canvases" if on_canvas else f"{len(images)} {dataset.name} test images"
-    path = figure(task, rule.threshold, result, images[:shown], canvases if on_canvas else None, dataset, ctx, name)
-    save_maps(ctx.run_dir / MAPS_FILE, images, result, canvases if on_canvas else None)
+    write_units(ctx.run_dir / UNITS_FILE, [(kind, r.table) for kind, r, _ in kinds])
+    paths = {}
+    for kind, one, truth in kinds:
+        suffix = "" if len(kinds) == 1 else f"-{kind}"
+        where = f"{len(truth)} {kind} canvases" if truth is not None else f"{len(images)} {dataset.name} test images"
+        shown_images = (truth.images if truth is not None else images)[:shown]
+        paths[f"figures/{task.name}{suffix}"] = figure(task, rule.threshold, one, shown_images, truth, dataset, ctx,
+                                                       f"{name} on {where}", suffix)  # fmt: skip
+        save_maps(ctx.run_dir / f"maps{suffix}.pt", shown_images, one, truth)
     metrics = {**result.metrics, **settings(cfg, saved)}
+    if len(kinds) > 1:
+        metrics["kinds"] = [kind for kind, _, _ in kinds]
     monitor = task.monitor or ("loc_acc" if on_canvas else "cls_acc")
     table = [*METRIC_KEYS] if on_canvas else ["cls_acc", "images"]
     table += [k for k in (*FAITHFUL_KEYS, "sanity_rank_corr", "sanity_pass") if k in metrics]
     at = f" at {method.layer}" if getattr(method, "layer", None) else ""
+    where = ", ".join(kind for kind, _, _ in kinds) if on_canvas else f"{dataset.name} test images"
     title = f"{task.name}: {task.method}{at}, {name} on {where}"
-    return TaskResult(metrics, title, table, monitor, figures={f"figures/{task.name}": path})
+    tables = [kinds_table(kinds, table)] if len(kinds) > 1 else []
+    return TaskResult(metrics, title, table, monitor, figures=paths, tables=tables)
+
+
+def evaluate_kinds(
+    method: Any, task: DictConfig, dataset: DictConfig, seed: int, stats: tuple, black: torch.Tensor, rule: BoxRule
+) -> list[tuple[str, Evaluation, Canvases]]:
+    """Each canvas kind of task.kinds (or task.canvas alone): its canvases and their evaluation."""
+    out = []
+    for kind, canvas in canvas_kinds(task, dataset):
+        canvases = canvases_for(canvas, dataset, seed)
+        batched = tracked(batches(canvases.images, *stats, int(task.batch_size)), len(canvases),
+                          f"{task.method} on {kind} canvases")  # fmt: skip
+        one = replace(rule, digits=int(canvas.digits))
+        out.append((kind, evaluate_canvases(method, canvases, batched, black, one, int(task.figure_count)), canvases))
+    return out
+
+
+def pooled(results: list[Evaluation]) -> dict[str, Any]:
+    """The metrics of every canvas of every kind together (what task.monitor reads in a run of several kinds)."""
+    columns = {k for r in results for k in r.table}
+    table = {k: torch.cat([r.table.get(k, torch.full((len(r.table["digits"]),), float("nan"))) for r in results])
+             for k in sorted(columns)}  # fmt: skip
+    faithful = [k for k in FAITHFUL_KEYS if k in table]
+    return {**localization(table), **summarize(table, faithful), "stride": results[0].metrics["stride"]}
+
+
+def prefixed(kinds: list[tuple[str, Evaluation, Canvases]]) -> dict[str, Any]:
+    return {f"{kind}/{key}": value for kind, result, _ in kinds for key, value in result.metrics.items()}
+
+
+def kinds_table(kinds: list[tuple[str, Evaluation, Any]], keys: list[str]) -> Table:
+    """The terminal's table of a run of several kinds: a row per kind, each metric with its interval."""
+    table = Table(title="per canvas kind (95% intervals over canvases)", show_header=True)
+    shown = [k for k in keys if k in kinds[0][1].metrics and k not in ("canvases", "sanity_pass")]
+    table.add_column("kind")
+    for key in shown:
+        table.add_column(key, justify="right")
+    for kind, result, _ in kinds:
+        table.add_row(kind, *(with_interval(result.metrics, k) for k in shown))
+    return table
+
+
+def write_units(path: Path, kinds: list[tuple[str, dict[str, torch.Tensor]]]) -> None:
+    """units.csv: per canvas (test image) of each kind the counts and values its metrics sum: what `cnnlab
+    report` pairs canvas by canvas to compare two methods on the same canvases."""
+    keys = sorted({k for _, table in kinds for k in table})
+    with open(path, "w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["kind", "unit", *keys])
+        for kind, table in kinds:
+            units = len(next(iter(table.values()))) if table else 0
+            for i in range(units):
+                row = [float(table[k][i]) if k in table else float("nan") for k in keys]
+                writer.writerow([kind, i, *("" if v != v else f"{v:.6g}" for v in row)])
 
 
 def box_rule(task: DictConfig, threshold: float, classes: int, background: int | None = None) -> BoxRule:
@@ -93,7 +162,7 @@ def box_rule(task: DictConfig, threshold: float, classes: int, background: int |
     index = task.get("class_index")
     if index is not None and not (isinstance(index, int) and 0 <= index < classes):
         raise ConfigError("task.class_index", index, f"null (predicted) or 0..{classes - 1}", "task.class_index=null")
-    keys = ("pooling", "window", "topk", "cell_center", "iou")
+    keys = ("pooling", "window", "topk", "cell_center", "iou", "boxes")
     faithful = int(task.faithfulness_count) if task.get("faithfulness", False) else 0
     steps = int(task.faithfulness_steps)
     return BoxRule(
@@ -146,15 +215,17 @@ def figure(
     dataset: DictConfig,
     ctx: Context,
     name: str,
+    suffix: str = "",
 ) -> Path:
-    """figures/<task>.png: the first images, the map of their class, true (green) and predicted (red) boxes."""
+    """figures/<task><suffix>.png: the first images, the map of their class, true (green) and predicted (red)
+    boxes."""
     words = f"box at {threshold} of max: green true, red predicted" if truth is not None else f"on {dataset.name} test"
     return figures.box_grid(
         images,
         torch.stack(result.overlays),
         truth,
         result.found,
-        ctx.run_dir / "figures" / f"{task.name}.png",
+        ctx.run_dir / "figures" / f"{task.name}{suffix}.png",
         f"{task.method}, {name}, {words}",
         captions=result.captions or None,
         class_names=class_names(dataset),
@@ -163,7 +234,7 @@ def figure(
 
 def save_maps(path: Path, images: torch.Tensor, result: Evaluation, truth: Canvases | None) -> None:
     """The first images (uint8), their maps (float16) and boxes: small, so a report can put methods side by side."""
-    n = min(MAPS_SAVED, len(result.overlays))
+    n = min(MAPS_SAVED, len(result.overlays), len(images))
     saved = {
         "images": images[:n].clone(),
         "overlays": torch.stack(result.overlays[:n]).half() if n else torch.zeros(0),

@@ -17,6 +17,7 @@ from cnnlab.errors import BadArgument
 
 POOLINGS = ("window", "topk", "max", "mean")
 RANKINGS = ("peak", "area")
+INK_SHARE = 0.5  # a map-guided box takes an ink component it holds this share of (measured on val canvases)
 
 
 def pool_scores(maps: torch.Tensor, pooling: str, window: int = 7, topk: int = 16) -> torch.Tensor:
@@ -165,3 +166,40 @@ def peak_point(heat: torch.Tensor, stride: float = 1.0, first_center: float = 0.
     index = int(heat.argmax())
     row, col = divmod(index, heat.shape[1])
     return col * stride + first_center, row * stride + first_center
+
+
+def ink_components(ink: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The 8-connected ink components of a (H, W) bool mask: their tight boxes (n, 4), pixel counts (n,) and the
+    (H, W) labels (0: no ink, k: component k - 1)."""
+    if not ink.any():
+        return torch.zeros(0, 4), torch.zeros(0), torch.zeros(ink.shape, dtype=torch.long)
+    labels = connected_components(ink)
+    n = int(labels.max())
+    rows, cols = torch.nonzero(labels, as_tuple=True)
+    which = labels[rows, cols] - 1
+    low = torch.full((n, 2), float("inf")).scatter_reduce(0, which[:, None].expand(-1, 2),
+                                                          torch.stack([cols, rows], 1).float(), "amin")  # fmt: skip
+    high = torch.full((n, 2), -1.0).scatter_reduce(0, which[:, None].expand(-1, 2),
+                                                   torch.stack([cols, rows], 1).float() + 1, "amax")  # fmt: skip
+    return torch.cat([low, high], 1), torch.bincount(which, minlength=n).float(), labels
+
+
+def snap_to_ink(found: Detections, ink: torch.Tensor, share: float = 0.5) -> Detections:
+    """Map-guided boxes: each box becomes the tight box of the ink components it holds at least `share` of
+    (their ink pixels inside it); a box that holds none stays as the map drew it. The map chooses which ink is
+    its class's, the ink draws the box: exact where the map found the digit, class-discriminative where ink
+    alone is not (several digits)."""
+    if not len(found.boxes):
+        return found
+    parts, sizes, labels = ink_components(ink)
+    if not len(parts):
+        return found
+    rows, cols = torch.nonzero(labels, as_tuple=True)
+    which, x, y = labels[rows, cols] - 1, cols.float() + 0.5, rows.float() + 0.5
+    boxes = []
+    for box in found.boxes:
+        inside = (box[0] <= x) & (x < box[2]) & (box[1] <= y) & (y < box[3])
+        held = torch.bincount(which[inside], minlength=len(parts)).float() >= share * sizes
+        chosen = parts[held]
+        boxes.append(torch.cat([chosen[:, :2].amin(0), chosen[:, 2:].amax(0)]) if len(chosen) else box)
+    return Detections(torch.stack(boxes), found.labels, found.scores)

@@ -19,15 +19,15 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import box_iou
 
 from cnnlab.data.canvas import Canvases
 from cnnlab.data.loader import DeviceLoader
 from cnnlab.records.results import class_name
-from cnnlab.vision.boxes import Detections, detect, peak_point, pool_scores
+from cnnlab.vision.boxes import INK_SHARE, Detections, detect, peak_point, pool_scores, snap_to_ink
 from cnnlab.vision.faithfulness import Faithfulness, Scorer
 from cnnlab.vision.maps import ClassMapMethod, ClassMaps, normalize_per_image, upsample_cells
 from cnnlab.vision.methods import FullyConv
+from cnnlab.vision.scores import Scores, Table, localization, summarize
 
 
 @dataclass
@@ -43,6 +43,7 @@ class BoxRule:
     cell_center: str = "middle"
     iou: float = 0.5  # a box is correct at IoU >= this with a true box of its class
     class_index: int | None = None  # explain this class on every image; None: the predicted one
+    boxes: str = "ink"  # ink: the map's regions snapped to the ink they hold (snap_to_ink); map: as drawn
     faithful: int = 0  # the first images scored for faithfulness (deletion, insertion, drop); 0: none
     background: int | None = None  # the index of the model's background class (its last output), if it has one
 
@@ -53,6 +54,7 @@ class Evaluation:
     overlays: list[Tensor] = field(default_factory=list)  # the first images' maps (H, W) in [0, 1]
     found: list[Detections] = field(default_factory=list)  # their boxes
     captions: list[str] = field(default_factory=list)
+    table: Table = field(default_factory=dict)  # per canvas (image): the counts and values the metrics sum
 
 
 def batches(images: Tensor, mean: Sequence[float], std: Sequence[float], device: torch.device, size: int) -> Iterator:
@@ -87,8 +89,8 @@ def heat_maps(
 def evaluate_canvases(
     method: ClassMapMethod, canvases: Canvases, batched: Iterable[Tensor], black: Tensor, rule: BoxRule, shown: int
 ) -> Evaluation:
-    """Boxes and metrics of `method` on the canvases (given again as normalized batches); `black`: the (C, 1, 1)
-    normalized black pixel, of which an empty canvas is made."""
+    """Boxes and metrics (with intervals over canvases) of `method` on the canvases, given again as normalized
+    batches; `black`: the (C, 1, 1) normalized black pixel, of which an empty canvas is made."""
     scorer = method if isinstance(method, FullyConv) else FullyConv(method.model)
     faith = Faithfulness(rule.steps)
     size, scores, out, start = tuple(canvases.images.shape[2:]), Scores(rule.iou), Evaluation({}), 0
@@ -97,8 +99,9 @@ def evaluate_canvases(
     for x in batched:
         labels = canvases.labels[start : start + len(x)]
         pooled, wanted, heat, rank, stride = boxed(method, scorer, x, rule, blank_maps, torch.stack(labels))
+        ink = canvases.images[start : start + len(x)].amax(1) > 0
         for i, truth in enumerate(labels):
-            pred = detect(heat[i], pooled[i], rule.digits, rule.threshold, rank=rank)
+            pred = boxes_of(heat[i], pooled[i], ink[i], rule, rank)
             peaks = {c: peak_point(heat[i, c]) for c in truth.unique().tolist()}
             scores.add(pred, canvases.boxes[start + i], truth, peaks)
             if start + i < shown:
@@ -108,9 +111,31 @@ def evaluate_canvases(
         if start < rule.faithful:  # the maps of the explained class, at pixels in [0, 1]
             n = min(len(x), rule.faithful - start)
             chosen = overlay(heat[:n], wanted[:n, 0]).to(x.device)
-            faith.add(canvas_scorer(scorer, rule), x[:n], chosen, wanted[:n, 0].to(x.device), black)
+
+            def remap(v: Tensor, classes: Tensor) -> Tensor:  # the same map of the masked canvases (ADCC)
+                again = boxed(method, scorer, v, rule, blank_maps, classes[:, None].cpu())[2]
+                return overlay(again, classes.cpu()).to(v.device)
+
+            faith.add(canvas_scorer(scorer, rule), x[:n], chosen, wanted[:n, 0].to(x.device), black, remap=remap)
         start += len(x)
-    out.metrics = {**scores.summary(), **faith.summary(), "stride": stride}
+    out.table = {**scores.table(), **padded(faith.per_image(), start)}
+    out.metrics = {**localization(out.table), **summarize(out.table, list(faith.per_image())), "stride": stride}
+    return out
+
+
+def boxes_of(heat: Tensor, pooled: Tensor, ink: Tensor, rule: BoxRule, rank: str) -> Detections:
+    """One canvas's boxes: the map's regions of its best classes, snapped to the ink they hold (rule.boxes=ink)."""
+    found = detect(heat, pooled, rule.digits, rule.threshold, rank=rank)
+    return snap_to_ink(found, ink, INK_SHARE) if rule.boxes == "ink" else found
+
+
+def padded(values: dict[str, Tensor], units: int) -> Table:
+    """Per-image values of the first images as columns over all `units` (NaN after them)."""
+    out = {}
+    for key, value in values.items():
+        column = torch.full((units,), float("nan"), dtype=torch.float64)
+        column[: len(value)] = value.double()
+        out[key] = column
     return out
 
 
@@ -138,7 +163,8 @@ def locate(method: ClassMapMethod, x: Tensor, black: Tensor, rule: BoxRule) -> l
     blank = black.expand(1, -1, *x.shape[2:]).contiguous()
     blank_maps = scorer(blank).maps.float()[:, : rule.background] if method.scores else None
     pooled, _, heat, rank, _ = boxed(method, scorer, x, rule, blank_maps, torch.zeros(len(x), 0))
-    return [detect(heat[i], pooled[i], rule.digits, rule.threshold, rank=rank) for i in range(len(x))]
+    ink = (x != black).any(1).cpu()
+    return [boxes_of(heat[i], pooled[i], ink[i], rule, rank) for i in range(len(x))]
 
 
 class SharedPass:
@@ -192,8 +218,7 @@ def explain_files(method: ClassMapMethod, batched: Iterable[Tensor], rule: BoxRu
         with torch.no_grad():
             p = method.model(x).float().softmax(1).cpu()
         wanted = explained(p, rule.class_index).argmax(1, keepdim=True)
-        maps = method(x, wanted.to(x.device))
-        heat = normalize_per_image(upsample_cells(maps.maps.float(), maps.stride, tuple(x.shape[2:]), rule.cell_center))
+        heat = image_maps(method, x, wanted.to(x.device), rule)
         out.overlays += list(heat[:, 0].cpu())
         out.found += [Detections(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), torch.zeros(0))] * len(x)
         probabilities.append(p)
@@ -212,15 +237,14 @@ def evaluate_images(
 ) -> Evaluation:
     """The model's class on test images (any dataset), and the map of the class explained, without boxes;
     `black`: the (C, 1, 1) normalized black pixel, what deletion puts in (needed when rule.faithful > 0)."""
-    out, correct, start, faith = Evaluation({}), 0, 0, Faithfulness(rule.steps)
+    out, hits, start, faith = Evaluation({}), [], 0, Faithfulness(rule.steps)
     for x in batched:
         with torch.no_grad():
             predicted = method.model(x).float().cpu()
         wanted = explained(predicted, rule.class_index).argmax(1, keepdim=True)
-        maps = method(x, wanted)
-        heat = normalize_per_image(upsample_cells(maps.maps.float(), maps.stride, tuple(x.shape[2:]), rule.cell_center))
+        heat = image_maps(method, x, wanted, rule)
         truth = labels[start : start + len(x)]
-        correct += int((predicted.argmax(1) == truth).sum())
+        hits.append((predicted.argmax(1) == truth).double())
         first = max(0, min(len(x), shown - start))
         out.overlays += list(heat[:first, 0].cpu())
         out.found += [Detections(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), torch.zeros(0))] * first
@@ -231,68 +255,22 @@ def evaluate_images(
         if start < rule.faithful and black is not None:
             n = min(len(x), rule.faithful - start)
             faith.add(
-                lambda v: method.model(v).float().softmax(1), x[:n], heat[:n, 0], wanted[:n, 0].to(x.device), black
+                lambda v: method.model(v).float().softmax(1),
+                x[:n],
+                heat[:n, 0],
+                wanted[:n, 0].to(x.device),
+                black,
+                remap=lambda v, classes: image_maps(method, v, classes[:, None], rule)[:, 0],
             )
         start += len(x)
-    out.metrics = {"cls_acc": correct / max(1, start), "images": start, **faith.summary()}
+    correct = torch.cat(hits) if hits else torch.zeros(0, dtype=torch.float64)
+    out.table = {"classes_correct": correct, "digits": torch.ones_like(correct), **padded(faith.per_image(), start)}
+    metrics = summarize(out.table, ["cls_acc", *faith.per_image()])
+    out.metrics = {**metrics, "images": start}
     return out
 
 
-@dataclass
-class Scores:
-    """Accumulates per-digit localization results over canvases; `summary()` gives the metrics."""
-
-    iou_threshold: float = 0.5
-    ious: list[float] = field(default_factory=list)
-    center_errors: list[float] = field(default_factory=list)
-    correct_classes: int = 0
-    digits: int = 0
-    canvases: int = 0
-    predicted: int = 0
-    predicted_correct: int = 0
-    pointing_hits: int = 0
-    pointing_total: int = 0
-
-    def add(
-        self,
-        pred: Detections,
-        true_boxes: torch.Tensor,
-        true_labels: torch.Tensor,
-        peaks: dict[int, tuple[float, float]],
-    ) -> None:
-        """One canvas: its detections, true boxes and labels, and the heat maximum of each true class."""
-        self.canvases += 1
-        self.digits += len(true_labels)
-        for c in true_labels.unique().tolist():
-            self.correct_classes += min(int((true_labels == c).sum()), int((pred.labels == c).sum()))
-        same = true_labels[:, None] == pred.labels[None, :]
-        iou = box_iou(true_boxes, pred.boxes) * same if len(pred.boxes) else torch.zeros(len(true_labels), 0)
-        for t in range(len(true_labels)):
-            best = int(iou[t].argmax()) if iou.shape[1] and same[t].any() else None
-            self.ious.append(float(iou[t, best]) if best is not None else 0.0)
-            if best is not None:
-                self.center_errors.append(float(torch.dist(_center(true_boxes[t]), _center(pred.boxes[best]))))
-        self.predicted += len(pred.labels)
-        self.predicted_correct += int((iou >= self.iou_threshold).any(dim=0).sum()) if iou.numel() else 0
-        for c, (x, y) in peaks.items():
-            mine = true_boxes[true_labels == c]
-            inside = (mine[:, 0] <= x) & (x < mine[:, 2]) & (mine[:, 1] <= y) & (y < mine[:, 3])
-            self.pointing_hits += int(inside.any())
-            self.pointing_total += 1
-
-    def summary(self) -> dict[str, float | int]:
-        ious = torch.tensor(self.ious)
-        return {
-            "cls_acc": self.correct_classes / max(1, self.digits),
-            "loc_acc": float((ious >= self.iou_threshold).float().mean()) if len(ious) else 0.0,
-            "mean_iou": float(ious.mean()) if len(ious) else 0.0,
-            "center_err_px": float(torch.tensor(self.center_errors).mean()) if self.center_errors else float("nan"),
-            "pointing_acc": self.pointing_hits / max(1, self.pointing_total),
-            "box_precision": self.predicted_correct / max(1, self.predicted),
-            "canvases": self.canvases,
-            "digits": self.digits,
-        }
-
-
-def _center(box: torch.Tensor) -> torch.Tensor:
-    return (box[:2] + box[2:]) / 2
+def image_maps(method: ClassMapMethod, x: Tensor, classes: Tensor, rule: BoxRule) -> Tensor:
+    """(B, m, H, W) maps of the (B, m) classes at pixels, each in [0, 1]."""
+    maps = method(x, classes)
+    return normalize_per_image(upsample_cells(maps.maps.float(), maps.stride, tuple(x.shape[2:]), rule.cell_center))

@@ -20,6 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from cnnlab.records.intervals import interval
 from cnnlab.vision.maps import ClassMapMethod
 
 PASS_BELOW = 0.5
@@ -62,16 +63,22 @@ def class_maps(method: ClassMapMethod, x: Tensor, classes: Tensor) -> Tensor:
     return method(x, classes[:, None]).maps[:, 0].float().cpu()
 
 
-def cascade(make: MethodFactory, model: nn.Module, x: Tensor, seed: int = 0) -> dict[str, float | bool]:
+def cascade(make: MethodFactory, model: nn.Module, x: Tensor, seed: int = 0) -> dict[str, float | bool | list[float]]:
     """Rank correlations after each cascading re-initialization: `sanity_rank_corr_<part>`, the final one as
-    `sanity_rank_corr`, and `sanity_pass`. The classes are the trained model's on x."""
+    `sanity_rank_corr` with its interval over the images, and `sanity_pass`. The classes: the trained model's."""
     with torch.no_grad():
         classes = model(x).argmax(1)
     trained = class_maps(make(model), x, classes)
     copied = copy.deepcopy(model).eval()
-    out: dict[str, float | bool] = {}
+    out: dict[str, float | bool | list[float]] = {}
     for i, name in enumerate(top_down(copied)):
         reinitialize(copied.get_submodule(name), seed + i)
-        out[f"sanity_rank_corr_{name}"] = float(spearman(trained, class_maps(make(copied), x, classes)).mean())
-    final = out[f"sanity_rank_corr_{top_down(copied)[-1]}"]
-    return {**out, "sanity_rank_corr": final, "sanity_pass": abs(final) < PASS_BELOW}
+        per_image = spearman(trained, class_maps(make(copied), x, classes))
+        out[f"sanity_rank_corr_{name}"] = float(per_image.mean())
+    final = float(per_image.mean())  # every part random
+    return {
+        **out,
+        "sanity_rank_corr": final,
+        "sanity_rank_corr_ci": interval(per_image),
+        "sanity_pass": abs(final) < PASS_BELOW,
+    }
