@@ -49,7 +49,11 @@ def test_the_table_has_every_method_and_kind_and_flags_failed_sanity(tmp_path):
             sections.items()}  # fmt: skip
     assert [r.split(" | ")[0] for r in rows["single"]] == ["| grad-cam", "| ink (baseline)"]  # baselines marked
     assert "0.820" in rows["single"][0] and "0.750" in rows["clutter8"][0] and "del_auc" in text
-    assert "**1.000 fails**" in rows["single"][1] and "> sanity: ink:" in text and "grad-cam" not in text.split("> sanity")[1]
+    assert (
+        "**1.000 fails**" in rows["single"][1]
+        and "> sanity: ink:" in text
+        and "grad-cam" not in text.split("> sanity")[1]
+    )
     assert paths == []  # fake runs saved no maps: no figure
 
 

@@ -27,6 +27,7 @@ from cnnlab.tasks.build import (
     checkpoint_path,
     class_map_method,
     evaluated_dataset,
+    one_kind,
     own_images,
     trained_dataset,
 )
@@ -93,7 +94,7 @@ def check_inputs(config: DictConfig) -> None:
     info = RunInfo(run_dir=Path("."), overrides=tuple(config.hydra.overrides.task))
     dataset = (evaluated_dataset if task.name == "evaluate" else trained_dataset)(saved, config, info)
     if task.name in ("localize", "cam") and task.get("source", "canvas") == "canvas":
-        canvas_kinds(task, dataset)  # each kind fits its canvas
+        canvas_kinds(task, dataset, one_kind(info))  # each kind fits its canvas
     check_data(dataset)
 
 

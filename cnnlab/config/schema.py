@@ -319,18 +319,22 @@ class CanvasKind:
     count: Optional[int] = None
 
 
+CANVAS_KINDS = (CanvasKind(), CanvasKind(clutter=8), CanvasKind(digits=3))  # single, clutter8, 3digits
+
+
 @dataclass
 class LocalizeConfig:
     name: str = task_name("localize")
     monitor: str = rule("loc_acc", *one_of(*CANVAS_METRICS))
     canvas: CanvasConfig = field(default_factory=CanvasConfig)
-    # null: one kind, task.canvas; or several in one run, e.g. [{},{clutter:8},{digits:3}] (metrics <kind>/<key>)
-    kinds: Optional[List[CanvasKind]] = None
+    # canvas kinds in one run, each what differs from task.canvas (metrics <kind>/<key>); null: task.canvas alone,
+    # as is a command line that sets task.canvas.count, .digits or .clutter (cnnlab.tasks.build.canvas_kinds)
+    kinds: Optional[List[CanvasKind]] = field(default_factory=lambda: [*CANVAS_KINDS])
     # ink: the map chooses the ink components of its class and the box is theirs; map: the map's region's box
     boxes: str = rule("ink", *one_of("ink", "map"))
     pooling: str = rule("window", *one_of("window", "topk", "max", "mean"))
     cell_center: str = rule("middle", *one_of("middle", "field"))
-    window: int = rule(5, *POSITIVE)
+    window: int = rule(7, *POSITIVE)  # cells: 7 x stride 4 = 28 px, a digit (measured on val canvases)
     topk: int = rule(16, *POSITIVE)
     threshold: Optional[float] = rule(  # box = components above this fraction of the map's maximum
         None,

@@ -70,8 +70,15 @@ def build(node: DictConfig, key: str) -> Any:
         raise
 
 
-def canvas_kinds(task: DictConfig, dataset: DictConfig) -> list[tuple[str, DictConfig]]:
-    """(name, canvas config) of each kind task.kinds asks for (null: task.canvas alone), each checked."""
+def one_kind(info: RunInfo) -> bool:
+    """A command line that sets task.canvas.count, .digits or .clutter, and not task.kinds, asks for that one
+    kind of canvas (what those keys meant before task.kinds): task.kinds is then not read."""
+    said = any(info.on_command_line(f"task.canvas.{k}") for k in ("count", "digits", "clutter"))
+    return said and not info.on_command_line("task.kinds")
+
+
+def canvas_kinds(task: DictConfig, dataset: DictConfig, alone: bool = False) -> list[tuple[str, DictConfig]]:
+    """(name, canvas config) of each kind task.kinds asks for (null, or `alone`: task.canvas alone), checked."""
     if dataset.name not in MNIST_FAMILY:
         raise ConfigError(
             "dataset.name",
@@ -80,10 +87,11 @@ def canvas_kinds(task: DictConfig, dataset: DictConfig) -> list[tuple[str, DictC
             "for other datasets use task=cam task.source=test (overlays without boxes)",
             "checkpoint=<a checkpoint trained on MNIST>",
         )
-    kinds, out = task.get("kinds") or [{}], []
-    for i, kind in enumerate(kinds):
+    several = None if alone else task.get("kinds")
+    out = []
+    for i, kind in enumerate(several or [{}]):
         canvas = OmegaConf.merge(task.canvas, {k: v for k, v in dict(kind).items() if v is not None})
-        where = "task.canvas" if task.get("kinds") is None else f"task.kinds[{i}]"
+        where = f"task.kinds[{i}]" if several else "task.canvas"
         with boundary(where):
             check_canvas_config(*(canvas[k] for k in CANVAS_KEYS), max(dataset.shape[1:]))
         name = kind_name(int(canvas.digits), int(canvas.clutter))

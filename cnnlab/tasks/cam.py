@@ -34,6 +34,7 @@ from cnnlab.tasks.build import (
     class_map_method,
     class_names,
     load_data,
+    one_kind,
     own_images,
     restore_model,
     trained_dataset,
@@ -64,7 +65,7 @@ def run(ctx: Context) -> TaskResult:
         return of_files(ctx, model, saved, method, rule, stats)
     on_canvas = task.get("source", "canvas") == "canvas"
     if on_canvas:
-        kinds = evaluate_kinds(method, task, dataset, int(saved.seed), stats, black, rule)
+        kinds = evaluate_kinds(method, task, dataset, int(saved.seed), stats, black, rule, one_kind(ctx.info))
         result, canvases = kinds[0][1], kinds[0][2]
         images = canvases.images
         if len(kinds) > 1:  # a run's own metrics: every kind together, then each kind's under its name
@@ -103,11 +104,21 @@ def run(ctx: Context) -> TaskResult:
 
 
 def evaluate_kinds(
-    method: Any, task: DictConfig, dataset: DictConfig, seed: int, stats: tuple, black: torch.Tensor, rule: BoxRule
+    method: Any,
+    task: DictConfig,
+    dataset: DictConfig,
+    seed: int,
+    stats: tuple,
+    black: torch.Tensor,
+    rule: BoxRule,
+    alone: bool,
 ) -> list[tuple[str, Evaluation, Canvases]]:
-    """Each canvas kind of task.kinds (or task.canvas alone): its canvases and their evaluation."""
+    """Each canvas kind of task.kinds (or, `alone`, task.canvas's): its canvases and their evaluation."""
     out = []
-    for kind, canvas in canvas_kinds(task, dataset):
+    kinds = canvas_kinds(task, dataset, alone)
+    if alone and task.get("kinds"):
+        log.info("one canvas kind, %s: the command line sets task.canvas (task.kinds=... for several)", kinds[0][0])
+    for kind, canvas in kinds:
         canvases = canvases_for(canvas, dataset, seed)
         batched = tracked(batches(canvases.images, *stats, int(task.batch_size)), len(canvases),
                           f"{task.method} on {kind} canvases")  # fmt: skip
