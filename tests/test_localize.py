@@ -16,8 +16,8 @@ from cnnlab.records import checkpoint
 from cnnlab.tasks.build import canvas_kinds
 from cnnlab.vision.boxes import Detections, connected_components, detect, pool_scores, regions
 from cnnlab.vision.maps import cell_centers, upsample_cells
-from cnnlab.vision.scores import Scores, localization
 from cnnlab.vision.methods import FullyConv
+from cnnlab.vision.scores import Scores, localization
 from tests.helpers import QUALITY, assert_localizes, run_app
 
 # ---------------------------------------------------------------- fully convolutional conversion
