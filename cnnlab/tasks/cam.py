@@ -48,6 +48,7 @@ from cnnlab.vision.scores import localization, summarize
 
 log = logging.getLogger("cnnlab")
 METRIC_KEYS = list(CANVAS_METRICS)
+KIND_COLUMNS = ("loc_acc", "pointing_acc", "cls_acc", "deletion_auc", "insertion_auc")
 UNITS_FILE = "units.csv"  # per canvas: what the metrics sum, for the report's paired comparisons
 MAPS_SAVED = 8
 
@@ -99,7 +100,7 @@ def run(ctx: Context) -> TaskResult:
     at = f" at {method.layer}" if getattr(method, "layer", None) else ""
     where = ", ".join(kind for kind, _, _ in kinds) if on_canvas else f"{dataset.name} test images"
     title = f"{task.name}: {task.method}{at}, {name} on {where}"
-    tables = [kinds_table(kinds, table)] if len(kinds) > 1 else []
+    tables = [kinds_table(kinds)] if len(kinds) > 1 else []
     return TaskResult(metrics, title, table, monitor, figures=paths, tables=tables)
 
 
@@ -140,10 +141,10 @@ def prefixed(kinds: list[tuple[str, Evaluation, Canvases]]) -> dict[str, Any]:
     return {f"{kind}/{key}": value for kind, result, _ in kinds for key, value in result.metrics.items()}
 
 
-def kinds_table(kinds: list[tuple[str, Evaluation, Any]], keys: list[str]) -> Table:
-    """The terminal's table of a run of several kinds: a row per kind, each metric with its interval."""
+def kinds_table(kinds: list[tuple[str, Evaluation, Any]]) -> Table:
+    """The terminal's table of a run of several kinds: a row per kind, the headline metrics with intervals."""
     table = Table(title="per canvas kind (95% intervals over canvases)", show_header=True)
-    shown = [k for k in keys if k in kinds[0][1].metrics and k not in ("canvases", "sanity_pass")]
+    shown = [k for k in KIND_COLUMNS if k in kinds[0][1].metrics]
     table.add_column("kind")
     for key in shown:
         table.add_column(key, justify="right")
