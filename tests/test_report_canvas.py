@@ -83,3 +83,45 @@ def test_cnnlab_report_reads_localize_and_cam_runs(tmp_path, capsys):
     text = (tmp_path / "results.md").read_text()
     assert "### single" in text and "| grad-cam |" in text and "> sanity: ink" in text
     assert "| grad-cam |" in capsys.readouterr().out
+
+
+def write_units(path: Path, kind: str, located: list[float], deletion: list[float]) -> None:
+    rows = ["kind,unit,deletion_auc,digits,located"]
+    rows += [f"{kind},{i},{d},1,{v}" for i, (v, d) in enumerate(zip(located, deletion, strict=True))]
+    (path / "units.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_the_best_method_is_compared_canvas_by_canvas_with_each_other(tmp_path):
+    n = 200
+    good = fake_run(tmp_path / "0", "grad-cam", deletion_auc=0.05, loc_acc=0.9)
+    write_units(good, "single", [1.0] * 180 + [0.0] * 20, [0.05] * n)
+    worse = fake_run(tmp_path / "1", "ink", deletion_auc=0.25, loc_acc=0.9)
+    write_units(worse, "single", [1.0] * 180 + [0.0] * 20, [0.25] * n)  # the same boxes, a worse deletion
+    text, _ = write_canvas(tmp_path)
+    ranked = [r.split(" | ")[0] for r in text.splitlines() if r.startswith(("| grad-cam |", "| ink (baseline) |"))]
+    assert ranked == ["| grad-cam", "| ink (baseline)"]  # the lower deletion AUC first
+    compared = next(r for r in text.splitlines() if r.startswith("| ink |"))
+    assert "grad-cam minus each other method" in text
+    cells = [c.strip() for c in compared.strip("|").split("|")]
+    assert cells[1].startswith("-0.200 [-0.200, -0.200]") and float(cells[2]) < 0.01  # deletion: a sure win
+    assert cells[3].startswith("+0.000") and float(cells[4]) == 1.0  # the same boxes: no difference claimed
+
+
+def test_runs_on_other_canvases_are_not_compared(tmp_path):
+    good = fake_run(tmp_path / "0", "grad-cam", deletion_auc=0.05)
+    write_units(good, "single", [1.0] * 10, [0.05] * 10)
+    other = fake_run(tmp_path / "1", "cam", deletion_auc=0.1)
+    write_units(other, "single", [1.0] * 12, [0.1] * 12)  # 12 canvases, not the same 10
+    text, _ = write_canvas(tmp_path)
+    assert "minus each other method" not in text
+
+
+def test_a_run_of_several_kinds_is_a_row_in_each_kind(tmp_path):
+    run = fake_run(tmp_path / "0", "grad-cam")
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics |= {"kinds": ["single", "3digits"], "single/loc_acc": 0.91, "3digits/loc_acc": 0.77}
+    metrics |= {"single/cls_acc": 0.9, "3digits/cls_acc": 0.8}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    runs = load_canvas_runs(tmp_path)
+    assert [(r.kind, r.metrics["loc_acc"]) for r in runs] == [("single", 0.91), ("3digits", 0.77)]
+    assert all(r.metrics["sanity_pass"] is True for r in runs)  # the run's sanity check stays with each
