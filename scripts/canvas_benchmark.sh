@@ -13,5 +13,5 @@ methods=fully-conv,cam,grad-cam,grad-cam++,xgrad-cam,layer-cam,random,center,ink
 if python -c "import pytorch_grad_cam" 2>/dev/null; then methods+=,pgc:HiResCAM; fi
 bench() { python -m cnnlab -m task=cam "checkpoint=$ck" logger=none "hydra.sweep.dir=$out/$1" "${@:2}"; }
 bench methods "task.method=$methods"
-bench score-cam task.method=score-cam 'task.kinds=[{count:50},{clutter:8,count:50},{digits:3,count:50}]'
+bench score-cam task.method=score-cam task.canvas.count=50 task.sanity_count=8   # a forward pass per channel: slow
 cnnlab report "$out"

@@ -103,8 +103,8 @@ def test_the_best_method_is_compared_canvas_by_canvas_with_each_other(tmp_path):
     compared = next(r for r in text.splitlines() if r.startswith("| ink |"))
     assert "grad-cam minus each other method" in text
     cells = [c.strip() for c in compared.strip("|").split("|")]
-    assert cells[1].startswith("-0.200 [-0.200, -0.200]") and float(cells[2]) < 0.01  # deletion: a sure win
-    assert cells[3].startswith("+0.000") and float(cells[4]) == 1.0  # the same boxes: no difference claimed
+    assert cells[1].startswith("-0.2000 [-0.2000, -0.2000]") and float(cells[2]) < 0.01  # deletion: a sure win
+    assert cells[3].startswith("+0.0000") and float(cells[4]) == 1.0  # the same boxes: no difference claimed
 
 
 def test_runs_on_other_canvases_are_not_compared(tmp_path):

@@ -109,7 +109,7 @@ def comparison(runs: list[Any]) -> str:
                 cells += ["-", "-"]
                 continue
             d = paired(values[0], values[2], values[1], values[3])
-            cells += [f"{d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]", f"{d['p']:.3f}"]
+            cells += [f"{d['diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]", f"{d['p']:.3f}"]
         if any(c != "-" for c in cells):
             rows.append(f"| {other.method} | " + " | ".join(cells) + " |")
     if not rows:
