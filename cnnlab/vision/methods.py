@@ -158,7 +158,7 @@ class ScoreCAM(ClassMapMethod):
             or [type(m) for m in model.stem] != [torch.nn.Conv2d, type(model.stem[1]), torch.nn.ReLU]
             or any(m.training or m._forward_hooks or m._forward_pre_hooks for m in model.modules())
             or any(c.dilation != (1, 1) or c.groups != 1 or c.padding_mode != "zeros" for c in convs)
-            or any(isinstance(c.padding, str) for c in convs)
+            or any(isinstance(c.padding, str) or min(c.kernel_size[i] - c.padding[i] for i in (0, 1)) < 1 for c in convs)
         ):
             return None
         conv, norm, relu = model.stem
@@ -166,13 +166,13 @@ class ScoreCAM(ClassMapMethod):
         folded = {c: ScoreCAM._folded(c, bn) for c, bn in [(conv, norm)] + [(b.conv1, b.bn1) for b in blocks]}
         folded.update({b.conv2: ScoreCAM._folded(b.conv2, b.bn2) for b in blocks})
         stem_pad = ScoreCAM._padded(canvas[None], conv).contiguous(memory_format=cl)
-        bases = []  # per block: its input and its conv2's input, padded for conv1 and conv2; its input; its output
+        bases = []  # per block: its input and its conv2's input, padded for conv1 and conv2; its output
         x = relu(norm(conv(canvas[None])))
         for block in blocks:
             h = F.relu(block.bn1(block.conv1(x)))
             out = block(x)
             padded = ScoreCAM._padded(x, block.conv1), ScoreCAM._padded(h, block.conv2)
-            bases.append([b.contiguous(memory_format=cl) for b in (*padded, x, out)])
+            bases.append([b.contiguous(memory_format=cl) for b in (*padded, out)])
             x = out
         black = model.fc(torch.flatten(model.pool(x), 1)).softmax(dim=1)[0]
 
@@ -184,18 +184,18 @@ class ScoreCAM(ClassMapMethod):
             box = (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
             t = images[:, :, box[0] : box[1], box[2] : box[3]]
             out_box = ScoreCAM._widened(box, conv, canvas.shape[1:])
-            t, box = F.relu_(ScoreCAM._conv_on(conv, folded[conv], t, box, stem_pad, out_box)), out_box
-            for block, (x_pad, h_pad, x_base, out_base) in zip(blocks, bases, strict=True):
+            t, box = F.relu_(ScoreCAM._conv_on(conv, folded[conv], t, box, stem_pad, out_box)[0]), out_box
+            for block, (x_pad, h_pad, out_base) in zip(blocks, bases, strict=True):
                 size = out_base.shape[2:]
                 out_box = ScoreCAM._widened(ScoreCAM._widened(box, block.conv1, size), block.conv2, size)
-                h = F.relu_(ScoreCAM._conv_on(block.conv1, folded[block.conv1], t, box, x_pad, out_box))
-                out = ScoreCAM._conv_on(block.conv2, folded[block.conv2], h, out_box, h_pad, out_box)
-                if block.shortcut is not None:  # its input on the cells the (strided) shortcut reads
-                    (s, u) = block.conv1.stride
-                    reads = (s * out_box[0], s * (out_box[1] - 1) + 1, u * out_box[2], u * (out_box[3] - 1) + 1)
-                    out += block.shortcut(ScoreCAM._extended(t, box, x_base, reads))
+                h, window = ScoreCAM._conv_on(block.conv1, folded[block.conv1], t, box, x_pad, out_box)
+                out = ScoreCAM._conv_on(block.conv2, folded[block.conv2], F.relu_(h), out_box, h_pad, out_box)[0]
+                if block.shortcut is not None:  # it reads the block's input where conv1's window holds it
+                    (p, q), (s, u) = block.conv1.padding, block.conv1.stride
+                    rows, cols = s * (out_box[1] - out_box[0] - 1) + 1, u * (out_box[3] - out_box[2] - 1) + 1
+                    out += block.shortcut(window[:, :, p : p + rows, q : q + cols])
                 t, box = F.relu_(out), out_box
-            whole = ScoreCAM._extended(t, box, bases[-1][3], (0, x.shape[2], 0, x.shape[3]))
+            whole = ScoreCAM._extended(t, box, bases[-1][2], (0, x.shape[2], 0, x.shape[3]))
             return model.fc(torch.flatten(model.pool(whole), 1)).softmax(dim=1)
 
         return run, black
@@ -229,13 +229,14 @@ class ScoreCAM(ClassMapMethod):
     @staticmethod
     def _conv_on(
         conv: torch.nn.Conv2d, weights: tuple, t: Tensor, box: tuple[int, ...], padded: Tensor, out_box: tuple[int, ...]
-    ) -> Tensor:
-        """`conv` (with `weights`) on out_box, from its input `t` on `box` and the (padded) canvas's elsewhere."""
+    ) -> tuple[Tensor, Tensor]:
+        """`conv` (with `weights`) on out_box, from its input `t` on `box` and the (padded) canvas's elsewhere;
+        and the window of the input it read (true values: the zero padding past the border)."""
         (k, j), (s, u), (p, q) = conv.kernel_size, conv.stride, conv.padding
         y0, y1, x0, x1 = s * out_box[0], s * (out_box[1] - 1) + k, u * out_box[2], u * (out_box[3] - 1) + j
         window = padded[:, :, y0:y1, x0:x1].expand(len(t), -1, -1, -1).contiguous(memory_format=torch.channels_last)
         ScoreCAM._write(window, (y0 - p, x0 - q), t, box)
-        return F.conv2d(window, *weights, conv.stride)
+        return F.conv2d(window, *weights, conv.stride), window
 
     @staticmethod
     def _extended(t: Tensor, box: tuple[int, ...], base: Tensor, wanted: tuple[int, ...]) -> Tensor:
