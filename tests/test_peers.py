@@ -67,11 +67,11 @@ def theirs(name: str, model, x, classes, layer=None) -> torch.Tensor:
     return make_method(f"pgc:{name}", model, layer)(x, classes[:, None]).maps[:, 0].float()
 
 
-def assert_same_maps(mine: torch.Tensor, peer: torch.Tensor) -> None:
+def assert_same_maps(mine: torch.Tensor, peer: torch.Tensor, close: float = CLOSE) -> None:
     corr = correlation(at_pixels(mine, tuple(peer.shape[1:])), peer)
     defined = ~corr.isnan()
     assert defined.sum() >= len(corr) // 2, "most maps must be non-constant for the comparison to mean anything"
-    assert (1 - corr[defined]).max() < CLOSE, corr
+    assert (1 - corr[defined]).max() < close, corr
 
 
 @pytest.mark.parametrize("layer", [None, "stage2"])
@@ -125,5 +125,6 @@ def test_grad_cam_plus_plus_is_the_papers_formula(trained, layer):
     paper = paper_grad_cam_plus_plus(model, x, classes, layer)
     assert paper.abs().amax() > 0
     assert ((mine - paper).abs().amax(dim=(1, 2)) <= 1e-5 * paper.abs().amax(dim=(1, 2)).clamp(min=1e-12)).all()
-    # pytorch-grad-cam writes the same formula (with an epsilon in the denominator): the same maps
-    assert_same_maps(mine.float(), theirs("GradCAMPlusPlus", model, x, classes, layer))
+    # pytorch-grad-cam writes the same formula with 1e-7 added to its float32 denominator: at the last layer a
+    # cell's gradients are ~1e-3, so G^2 ~ 1e-6 and the epsilon moves the map a little (measured up to 2e-4)
+    assert_same_maps(mine.float(), theirs("GradCAMPlusPlus", model, x, classes, layer), close=1e-3)
