@@ -101,10 +101,9 @@ def canvas_kinds(task: DictConfig, dataset: DictConfig, alone: bool = False) -> 
     return out
 
 
-def canvases_for(canvas: DictConfig, dataset: DictConfig, seed: int) -> Canvases:
-    """The canvases of one kind, from the digits of the split it names: the test split of the dataset the model
-    was trained on, or its validation split (held out with the training run's `seed`)."""
-    data = load_data(dataset)
+def canvases_for(canvas: DictConfig, data: sources.Splits, dataset: DictConfig, seed: int) -> Canvases:
+    """The canvases of one kind, from the digits of the split it names: the test split of `data` (the dataset the
+    model was trained on), or its validation split (held out with the training run's `seed`)."""
     if canvas.split == "val":
         _, val = split_train_val(len(data.train_y), int(dataset.val_size), seed)
         images, labels = data.train_x[val], data.train_y[val]

@@ -119,8 +119,9 @@ def evaluate_kinds(
     kinds = canvas_kinds(task, dataset, alone)
     if alone and task.get("kinds"):
         log.info("one canvas kind, %s: the command line sets task.canvas (task.kinds=... for several)", kinds[0][0])
+    data = load_data(dataset)  # once: every kind draws its digits from it
     for kind, canvas in kinds:
-        canvases = canvases_for(canvas, dataset, seed)
+        canvases = canvases_for(canvas, data, dataset, seed)
         batched = tracked(batches(canvases.images, *stats, int(task.batch_size)), len(canvases),
                           f"{task.method} on {kind} canvases")  # fmt: skip
         one = replace(rule, digits=int(canvas.digits))
