@@ -118,8 +118,9 @@ def evaluate_canvases(
 
             faith.add(canvas_scorer(scorer, rule), x[:n], chosen, wanted[:n, 0].to(x.device), black, remap=remap)
         start += len(x)
-    out.table = {**scores.table(), **padded(faith.per_image(), start)}
-    out.metrics = {**localization(out.table), **summarize(out.table, list(faith.per_image())), "stride": stride}
+    faithful = faith.per_image()
+    out.table = {**scores.table(), **padded(faithful, start)}
+    out.metrics = {**localization(out.table), **summarize(out.table, list(faithful)), "stride": stride}
     return out
 
 
@@ -263,10 +264,9 @@ def evaluate_images(
                 remap=lambda v, classes: image_maps(method, v, classes[:, None], rule)[:, 0],
             )
         start += len(x)
-    correct = torch.cat(hits) if hits else torch.zeros(0, dtype=torch.float64)
-    out.table = {"classes_correct": correct, "digits": torch.ones_like(correct), **padded(faith.per_image(), start)}
-    metrics = summarize(out.table, ["cls_acc", *faith.per_image()])
-    out.metrics = {**metrics, "images": start}
+    correct, faithful = torch.cat(hits) if hits else torch.zeros(0, dtype=torch.float64), faith.per_image()
+    out.table = {"classes_correct": correct, "digits": torch.ones_like(correct), **padded(faithful, start)}
+    out.metrics = {**summarize(out.table, ["cls_acc", *faithful]), "images": start}
     return out
 
 

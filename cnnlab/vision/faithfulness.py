@@ -67,9 +67,14 @@ class Probe(NamedTuple):
     o: Tensor
 
 
-def ranks(heat: Tensor) -> Tensor:
-    """(B, H, W) -> (B, H*W): each pixel's place in its map's order, 0 the most relevant (ties: first pixel first)."""
-    order = heat.flatten(1).argsort(dim=1, descending=True, stable=True)
+def order_of(heat: Tensor) -> Tensor:
+    """(B, H, W) -> (B, H*W): the pixels in their map's order, most relevant first (ties: first pixel first)."""
+    return heat.flatten(1).argsort(dim=1, descending=True, stable=True)
+
+
+def ranks(heat: Tensor, order: Tensor | None = None) -> Tensor:
+    """(B, H, W) -> (B, H*W): each pixel's place in its map's order (`order`, order_of(heat) when not given)."""
+    order = order_of(heat) if order is None else order
     place = torch.empty_like(order)
     place.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
     return place
@@ -80,11 +85,12 @@ def weights(x: Tensor, replacement: Tensor) -> Tensor:
     return (x - replacement).abs().sum(1)
 
 
-def schedule(heat: Tensor, weight: Tensor, steps: int) -> Schedule:
-    """Steps uniform in the fraction of the total weight: step k takes the pixels, in the map's order, whose
-    cumulative weight before them is < k/N of the total; step 0 none, step N all."""
+def schedule(heat: Tensor, weight: Tensor, steps: int, order: Tensor | None = None) -> Schedule:
+    """Steps uniform in the fraction of the total weight: step k takes the pixels, in the map's order (`order`,
+    order_of(heat) when not given), whose cumulative weight before them is < k/N of the total; step 0 none, step
+    N all."""
     b, n = heat.shape[0], heat[0].numel()
-    order = heat.flatten(1).argsort(dim=1, descending=True, stable=True)
+    order = order_of(heat) if order is None else order
     exact = torch.float32 if weight.device.type == "mps" else torch.float64
     w = weight.flatten(1).to(exact).gather(1, order)  # in the map's order
     cum = w.cumsum(1)
@@ -118,9 +124,10 @@ def probe(score: Scorer, x: Tensor, heat: Tensor, classes: Tensor, black: Tensor
     b, c, h, w = x.shape
     black = black.to(x.dtype)
     start = blur(x)  # insertion's step 0
-    place = ranks(heat)
-    deleting = schedule(heat, weights(x, black), steps)
-    inserting = schedule(heat, weights(x, start), steps)
+    order = order_of(heat)  # one sort serves the ranks and both schedules
+    place = ranks(heat, order)
+    deleting = schedule(heat, weights(x, black), steps, order)
+    inserting = schedule(heat, weights(x, start), steps, order)
     masked = masked_image(x, heat, black)
     masked_x = (masked == x).flatten(1).all(1)
     masked_black = (masked == black).flatten(1).all(1) & ~masked_x
