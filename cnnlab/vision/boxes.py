@@ -99,22 +99,42 @@ def regions(
         raise BadArgument("rank", rank, f"one of {', '.join(RANKINGS)}", "peak")
     if heat.max() <= 0:  # nothing above background
         return Regions(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long))
-    labels = connected_components(heat >= threshold * heat.max())
-    n = int(labels.max())
-    rows, cols = torch.meshgrid(torch.arange(heat.shape[0]), torch.arange(heat.shape[1]), indexing="ij")
-    boxes, peaks, areas = [], [], []
-    for k in range(1, n + 1):
-        inside = labels == k
-        r, c = rows[inside], cols[inside]
-        cells = torch.stack([c.min(), r.min(), c.max(), r.max()]).float()
-        # cell j covers [stride*j + first_center - stride/2, stride*j + first_center + stride/2)
-        low, high = cells[:2] * stride + first_center - stride / 2, cells[2:] * stride + first_center + stride / 2
-        boxes.append(torch.cat([low, high]))
-        peaks.append(heat[inside].max())
-        areas.append(inside.sum())
-    out = Regions(torch.stack(boxes), torch.stack(peaks).float(), torch.stack(areas))
-    order = (out.peaks if rank == "peak" else out.areas.float()).argsort(descending=True)
-    return Regions(out.boxes[order], out.peaks[order], out.areas[order])
+    found = components(heat >= threshold * heat.max())
+    # cell j covers [stride*j + first_center - stride/2, stride*j + first_center + stride/2)
+    low = found.cells[:, :2] * stride + first_center - stride / 2
+    high = found.cells[:, 2:] * stride + first_center + stride / 2
+    values = heat[found.rows, found.cols].float()
+    peaks = torch.full((len(found.sizes),), -torch.inf).scatter_reduce(0, found.which, values, "amax")
+    order = (peaks if rank == "peak" else found.sizes.float()).argsort(descending=True)
+    return Regions(torch.cat([low, high], 1)[order], peaks[order], found.sizes[order])
+
+
+@dataclass
+class Components:
+    """The 8-connected components of a (h, w) mask, numbered as connected_components numbers them."""
+
+    cells: torch.Tensor  # (n, 4) float: first column, first row, last column, last row of each
+    sizes: torch.Tensor  # (n,) long: cells per component
+    rows: torch.Tensor  # (p,) the mask's cells
+    cols: torch.Tensor
+    which: torch.Tensor  # (p,) the component of each (0-based)
+    labels: torch.Tensor  # (h, w) long: 0 off the mask, k + 1 on component k
+
+
+def components(mask: torch.Tensor) -> Components:
+    """Each component's extent and size at once (a scatter per bound, not a pass per component)."""
+    rows, cols = torch.nonzero(mask, as_tuple=True)
+    if not len(rows):
+        empty = torch.zeros(0, dtype=torch.long)
+        return Components(torch.zeros(0, 4), empty, empty, empty, empty, torch.zeros(mask.shape, dtype=torch.long))
+    labels = connected_components(mask)
+    which = labels[rows, cols] - 1
+    n = int(which.max()) + 1
+    at = torch.stack([cols, rows], 1).float()
+    index = which[:, None].expand(-1, 2)
+    low = torch.full((n, 2), torch.inf).scatter_reduce(0, index, at, "amin")
+    high = torch.full((n, 2), -torch.inf).scatter_reduce(0, index, at, "amax")
+    return Components(torch.cat([low, high], 1), torch.bincount(which, minlength=n), rows, cols, which, labels)
 
 
 @dataclass
@@ -171,17 +191,8 @@ def peak_point(heat: torch.Tensor, stride: float = 1.0, first_center: float = 0.
 def ink_components(ink: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The 8-connected ink components of a (H, W) bool mask: their tight boxes (n, 4), pixel counts (n,) and the
     (H, W) labels (0: no ink, k: component k - 1)."""
-    if not ink.any():
-        return torch.zeros(0, 4), torch.zeros(0), torch.zeros(ink.shape, dtype=torch.long)
-    labels = connected_components(ink)
-    n = int(labels.max())
-    rows, cols = torch.nonzero(labels, as_tuple=True)
-    which = labels[rows, cols] - 1
-    low = torch.full((n, 2), float("inf")).scatter_reduce(0, which[:, None].expand(-1, 2),
-                                                          torch.stack([cols, rows], 1).float(), "amin")  # fmt: skip
-    high = torch.full((n, 2), -1.0).scatter_reduce(0, which[:, None].expand(-1, 2),
-                                                   torch.stack([cols, rows], 1).float() + 1, "amax")  # fmt: skip
-    return torch.cat([low, high], 1), torch.bincount(which, minlength=n).float(), labels
+    found = components(ink)
+    return torch.cat([found.cells[:, :2], found.cells[:, 2:] + 1], 1), found.sizes.float(), found.labels
 
 
 def snap_to_ink(found: Detections, ink: torch.Tensor, share: float = 0.5) -> Detections:
