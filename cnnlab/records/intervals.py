@@ -28,14 +28,25 @@ def as_tensor(values: Sequence[float] | Tensor) -> Tensor:
     return torch.as_tensor(values, dtype=torch.float64).flatten()
 
 
-def replicates(num: Sequence[float] | Tensor, den: Sequence[float] | Tensor | None = None) -> Tensor:
-    """(REPS,) the ratio sum(num) / sum(den) of each resample of the units (den None: a mean)."""
+def units(num: Sequence[float] | Tensor, den: Sequence[float] | Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Per-unit numerators and denominators as float64 (den None: ones, a mean)."""
     num = as_tensor(num)
     den = torch.ones_like(num) if den is None else as_tensor(den)
     if len(num) != len(den):
         raise ValueError(f"num and den have {len(num)} and {len(den)} units: one of each per unit")
+    return num, den
+
+
+def sum_ratio(num: Tensor, den: Tensor) -> Tensor:
+    """sum(num) / sum(den) over the last axis."""
+    return num.sum(-1) / den.sum(-1).clamp(min=1e-300)
+
+
+def replicates(num: Sequence[float] | Tensor, den: Sequence[float] | Tensor | None = None) -> Tensor:
+    """(REPS,) the ratio sum(num) / sum(den) of each resample of the units (den None: a mean)."""
+    num, den = units(num, den)
     index = draws(len(num))
-    return num[index].sum(1) / den[index].sum(1).clamp(min=1e-300)
+    return sum_ratio(num[index], den[index])
 
 
 def percentiles(samples: Tensor) -> list[float]:
@@ -63,12 +74,8 @@ def paired(
 ) -> dict[str, float]:
     """a's metric minus b's on the same units (unit i of a is unit i of b): the difference, its 95% interval and
     a two-sided bootstrap p-value (twice the share of resamples on the far side of 0)."""
-    ra, rb = replicates(a, den_a), replicates(b, den_b)
-    diff = ra - rb
-    num_a, num_b = as_tensor(a), as_tensor(b)
-    da = torch.ones_like(num_a) if den_a is None else as_tensor(den_a)
-    db = torch.ones_like(num_b) if den_b is None else as_tensor(den_b)
-    point = float(num_a.sum() / da.sum().clamp(min=1e-300) - num_b.sum() / db.sum().clamp(min=1e-300))
+    diff = replicates(a, den_a) - replicates(b, den_b)
+    point = float(sum_ratio(*units(a, den_a)) - sum_ratio(*units(b, den_b)))
     low, high = percentiles(diff)
     far = min(float((diff <= 0).double().mean()), float((diff >= 0).double().mean()))
     return {"diff": point, "low": low, "high": high, "p": min(1.0, 2 * far)}

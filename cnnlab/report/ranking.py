@@ -42,6 +42,10 @@ def kind_order(kind: str) -> tuple[int, str]:
     return (rank, kind)
 
 
+def canvas_count(run: Any) -> int:
+    return int(run.metrics.get("canvases") or 0)
+
+
 def rank_key(runs: list[Any]) -> str:
     return "deletion_auc" if any("deletion_auc" in r.metrics for r in runs) else "loc_acc"
 
@@ -78,10 +82,10 @@ def kind_table(runs: list[Any]) -> str:
     keys = [k for k in (*HEADLINE, *OTHERS) if any(k in r.metrics for r in runs)]
     head = ["method", *(SHORT.get(k, k) for k in keys)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    most = max(int(r.metrics.get("canvases") or 0) for r in runs)
+    most = max(canvas_count(r) for r in runs)
     for run in runs:
         name = f"{run.method} (baseline)" if run.baseline else run.method
-        fewer = int(run.metrics.get("canvases") or 0)
+        fewer = canvas_count(run)
         name += f" (on {fewer})" if 0 < fewer < most else ""  # fewer canvases: not the same ones, not paired
         lines.append("| " + " | ".join([name, *(cell(run, k, k in HEADLINE) for k in keys)]) + " |")
     return "\n".join(lines) + "\n"
@@ -103,8 +107,8 @@ def paired_values(a: Any, b: Any, metric: str) -> tuple[torch.Tensor, ...] | Non
 def comparison(runs: list[Any]) -> str:
     """The best method minus each other one on the same canvases, for the headline and loc_acc."""
     runs = ordered(runs)
-    most = max(int(r.metrics.get("canvases") or 0) for r in runs)
-    best, rows = next(r for r in runs if int(r.metrics.get("canvases") or 0) == most), []  # of the full set
+    most = max(canvas_count(r) for r in runs)
+    best, rows = next(r for r in runs if canvas_count(r) == most), []  # of the full set
     for other in (r for r in runs if r is not best):
         cells = []
         for metric in COMPARED:
