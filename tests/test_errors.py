@@ -173,3 +173,18 @@ def test_diverging_job_fails_and_the_sweep_goes_on(tmp_path: Path):
     assert result.returncode != 0
     ok, diverged = (json.loads((tmp_path / job / "metrics.json").read_text()) for job in ("0", "1"))
     assert "test_acc" in ok and diverged["status"] == "diverged"
+
+
+def test_a_sweep_on_the_command_line_does_not_hide_a_jobs_own_error() -> None:
+    """A multirun whose jobs fail for a reason of their own (a full disk, a bug) with `seed=0,1` on its command
+    line: the error is left to say itself (None: a bug keeps its traceback), not replaced by Hydra's
+    "Cannot convert sweep to str" from reading the sweep's value."""
+    from cnnlab.app.launch import one_line
+    from cnnlab.config.overrides import values
+
+    assert values(["seed=0,1", "model.depth=range(8,21,6)", "trainer.max_steps=3"]) == {
+        "seed": "0,1",
+        "model.depth": "range(8,21,6)",
+        "trainer.max_steps": "3",
+    }
+    assert one_line(RuntimeError("unexpected pos 2152896 vs 2152824"), ["seed=0,1", "trainer.max_steps=3"]) is None

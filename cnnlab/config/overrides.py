@@ -21,10 +21,13 @@ def keys(overrides: Iterable[Any]) -> list[tuple[str, str]]:
 
 
 def values(overrides: Iterable[Any]) -> dict[str, str]:
-    """key -> its value as the command line wrote it (a deletion, `~key`, has none and is left out)."""
+    """key -> its value as the command line wrote it (a deletion, `~key`, has none and is left out; a sweep,
+    `seed=0,1`, keeps its text, as a multirun's own error may need to name it)."""
     found = {}
     for line in (str(o) for o in overrides):
         override = _parser().parse_override(line)
-        if not override.is_delete():
+        if override.is_sweep_override():
+            found[override.key_or_group] = override.get_value_string()
+        elif not override.is_delete():
             found[override.key_or_group] = override.get_value_element_as_str()
     return found
