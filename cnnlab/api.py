@@ -217,7 +217,8 @@ def localize(loaded: Loaded, canvases: torch.Tensor, method: str = "fully-conv",
     with _as_found(loaded.model):
         maps = make_method(method, loaded.model, None, loaded.black)
         classes = int(loaded.config.dataset.num_classes)
-        rule = box_rule(task, maps.threshold, classes, background_index(loaded.config.dataset))
+        dataset = loaded.config.dataset
+        rule = box_rule(task, maps.threshold, classes, background_index(dataset), dataset.shape[1:])
         found = locate(maps, loaded.preprocess(canvases), loaded.black, rule)
     return [{"boxes": d.boxes, "classes": d.labels, "scores": d.scores} for d in found]
 

@@ -210,6 +210,30 @@ def test_scores_match_torchvision_iou_and_the_pointing_game():
     assert summary["digits"] == 2 and summary["canvases"] == 1
 
 
+def test_a_box_is_labelled_by_the_classifier_on_the_crop_centred_on_it():
+    """A 'classifier' whose class is the position of the brightest pixel of its 4x4 input: each box's label says
+    where its crop was cut (centred on the box, black beyond the canvas's edge), whatever class its map gave."""
+    from cnnlab.vision.canvas_eval import BoxRule, crop_labels
+
+    black = torch.full((1, 1, 1), -0.5)
+    canvas = black.expand(1, 1, 16, 16).clone()
+    canvas[0, 0, 5, 9] = 3.0  # the one bright pixel, at (row 5, col 9)
+    canvas[0, 0, 14, 0] = 2.0  # and one at the corner, next to the edge
+
+    def where(crops: torch.Tensor) -> torch.Tensor:
+        assert crops.shape[1:] == (1, 4, 4) and float(crops.min()) == -0.5  # black, outside the canvas as well
+        return crops.flatten(1)
+
+    boxes = torch.tensor([[8.0, 4.0, 11.0, 7.0], [7.0, 3.0, 11.0, 7.0], [-1.0, 13.0, 1.0, 15.0]])
+    found = [Detections(boxes, torch.tensor([7, 7, 7]), torch.ones(3))]
+    labelled = crop_labels(where, canvas, found, black, BoxRule(threshold=0.5, steps=2, crop=(4, 4)))[0]
+    # crop corners (col, row): round(centre - 2) = (7.5, 3.5) -> (8, 4), (7, 3), (-2, 12)
+    assert labelled.labels.tolist() == [(5 - 4) * 4 + (9 - 8), (5 - 3) * 4 + (9 - 7), (14 - 12) * 4 + (0 + 2)]
+    assert torch.equal(labelled.boxes, boxes) and torch.equal(labelled.scores, found[0].scores)
+    empty = [Detections(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), torch.zeros(0))]
+    assert crop_labels(where, canvas, empty, black, BoxRule(threshold=0.5, steps=2, crop=(4, 4))) == empty
+
+
 # ---------------------------------------------------------------- the task, end to end
 
 

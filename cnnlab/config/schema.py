@@ -332,6 +332,9 @@ class LocalizeConfig:
     kinds: Optional[List[CanvasKind]] = field(default_factory=lambda: [*CANVAS_KINDS])
     # ink: the map chooses the ink components of its class and the box is theirs; map: the map's region's box
     boxes: str = rule("ink", *one_of("ink", "map"))
+    # crop: each box's class is the classifier's on the digit-sized crop centred on it; map: the class whose map
+    # drew the box (the canvas's pooled class)
+    box_labels: str = rule("crop", *one_of("crop", "map"))
     pooling: str = rule("window", *one_of("window", "topk", "max", "mean"))
     cell_center: str = rule("middle", *one_of("middle", "field"))
     window: int = rule(7, *POSITIVE)  # cells: 7 x stride 4 = 28 px, a digit (measured on val canvases)

@@ -60,7 +60,8 @@ def run(ctx: Context) -> TaskResult:
     stats = (list(dataset.mean), list(dataset.std), ctx.device)
     black = next(batches(torch.zeros(1, len(dataset.mean), 1, 1, dtype=torch.uint8), *stats, 1))[0]  # (C, 1, 1)
     method = class_map_method(model, task, black)
-    rule = box_rule(task, method.threshold, int(saved.dataset.num_classes), background_index(saved.dataset))
+    classes, side = int(saved.dataset.num_classes), saved.dataset.shape[1:]
+    rule = box_rule(task, method.threshold, classes, background_index(saved.dataset), side)
     shown = int(task.figure_count)
     if task.get("images"):
         return of_files(ctx, model, saved, method, rule, stats)
@@ -168,10 +169,12 @@ def write_units(path: Path, kinds: list[tuple[str, dict[str, torch.Tensor]]]) ->
                 writer.writerow([kind, i, *("" if v != v else f"{v:.6g}" for v in row)])
 
 
-def box_rule(task: DictConfig, threshold: float, classes: int, background: int | None = None) -> BoxRule:
+def box_rule(
+    task: DictConfig, threshold: float, classes: int, background: int | None = None, side: Any = None
+) -> BoxRule:
     """The task's class choice and box settings (`threshold`: the method's own, unless task.threshold is set);
     a class to explain must be one of the dataset's `classes`; `background`: the index of the model's background
-    class, if it has one."""
+    class, if it has one; `side`: the classifier's input (h, w), the crop that labels a box (task.box_labels)."""
     index = task.get("class_index")
     if index is not None and not (isinstance(index, int) and 0 <= index < classes):
         raise ConfigError("task.class_index", index, f"null (predicted) or 0..{classes - 1}", "task.class_index=null")
@@ -185,6 +188,7 @@ def box_rule(task: DictConfig, threshold: float, classes: int, background: int |
         steps=steps,
         background=background,
         threshold=threshold if task.get("threshold") is None else float(task.threshold),
+        crop=tuple(side) if side is not None and task.get("box_labels", "map") == "crop" else None,
         **{k: task[k] for k in keys},
     )
 

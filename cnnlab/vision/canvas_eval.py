@@ -13,7 +13,7 @@ logits.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -46,6 +46,7 @@ class BoxRule:
     boxes: str = "ink"  # ink: the map's regions snapped to the ink they hold (snap_to_ink); map: as drawn
     faithful: int = 0  # the first images scored for faithfulness (deletion, insertion, drop); 0: none
     background: int | None = None  # the index of the model's background class (its last output), if it has one
+    crop: tuple[int, int] | None = None  # the classifier's input (h, w): each box labelled on a crop; None: by its map
 
 
 @dataclass
@@ -100,8 +101,9 @@ def evaluate_canvases(
         labels = canvases.labels[start : start + len(x)]
         pooled, wanted, heat, rank, stride = boxed(method, scorer, x, rule, blank_maps, torch.stack(labels))
         ink = canvases.images[start : start + len(x)].amax(1) > 0
-        for i, truth in enumerate(labels):
-            pred = boxes_of(heat[i], pooled[i], ink[i], rule, rank)
+        found = [boxes_of(heat[i], pooled[i], ink[i], rule, rank) for i in range(len(x))]
+        found = crop_labels(scorer.model, x, found, black, rule) if rule.crop else found
+        for i, (truth, pred) in enumerate(zip(labels, found, strict=True)):
             peaks = {c: peak_point(heat[i, c]) for c in truth.unique().tolist()}
             scores.add(pred, canvases.boxes[start + i], truth, peaks)
             if start + i < shown:
@@ -128,6 +130,30 @@ def boxes_of(heat: Tensor, pooled: Tensor, ink: Tensor, rule: BoxRule, rank: str
     """One canvas's boxes: the map's regions of its best classes, snapped to the ink they hold (rule.boxes=ink)."""
     found = detect(heat, pooled, rule.digits, rule.threshold, rank=rank)
     return snap_to_ink(found, ink, INK_SHARE) if rule.boxes == "ink" else found
+
+
+def crop_labels(
+    model: Callable[[Tensor], Tensor], x: Tensor, found: list[Detections], black: Tensor, rule: BoxRule
+) -> list[Detections]:
+    """Each box labelled by the classifier on the crop of its input size centred on the box (a second look, as
+    R-CNN's): the canvas's pooled class averages windows on the maps' grid of cells, the crop is a digit as the
+    classifier was trained on it, wherever on the canvas it lies. Outside the canvas is black. (Blacking out what
+    lies outside the box as well labels worse on validation canvases: 3 digits 0.967 against 0.979.)"""
+    if not any(len(d.boxes) for d in found):
+        return found
+    h, w = rule.crop or (0, 0)
+    padded = F.pad(x - black, (w, w, h, h))  # zero: black, once the black pixel is added back
+    boxes = torch.cat([d.boxes for d in found])
+    corners = ((boxes[:, :2] + boxes[:, 2:]) / 2 - torch.tensor([w / 2, h / 2])).round().long().tolist()
+    at = zip([i for i, d in enumerate(found) for _ in range(len(d.boxes))], corners, strict=True)
+    crops = torch.stack([padded[i, :, y + h : y + 2 * h, c + w : c + 2 * w] for i, (c, y) in at])
+    with torch.no_grad():
+        labels = model(crops + black).float()[:, : rule.background].argmax(1).cpu()
+    out, start = [], 0
+    for d in found:
+        out.append(Detections(d.boxes, labels[start : start + len(d.boxes)], d.scores))
+        start += len(d.boxes)
+    return out
 
 
 def padded(values: dict[str, Tensor], units: int) -> Table:
@@ -165,7 +191,8 @@ def locate(method: ClassMapMethod, x: Tensor, black: Tensor, rule: BoxRule) -> l
     blank_maps = scorer(blank).maps.float()[:, : rule.background] if method.scores else None
     pooled, _, heat, rank, _ = boxed(method, scorer, x, rule, blank_maps, torch.zeros(len(x), 0))
     ink = (x != black).any(1).cpu()
-    return [boxes_of(heat[i], pooled[i], ink[i], rule, rank) for i in range(len(x))]
+    found = [boxes_of(heat[i], pooled[i], ink[i], rule, rank) for i in range(len(x))]
+    return crop_labels(scorer.model, x, found, black, rule) if rule.crop else found
 
 
 class SharedPass:
