@@ -22,7 +22,10 @@ Figures (--only picks some):
            defaults vs the usual recipe (DataLoader + PIL transforms, fp32, NCHW, plain loop).
   startup  `python -m cnnlab --cfg job`, and the time to the first optimizer step of the default run.
   options  ResNet-20 training img/s for each precision x memory format, bare loop (to choose defaults).
-Ratios (step, data, epoch, startup) are medians of the two sides measured alternately in this process, so
+  packed   K = --members (2 4 8) ResNet-20s and ResNet-56s with their own batches (seeds), packed into one
+           module (cnnlab.models.packed) against the K trained one after the other: images/s per member, bare
+           loops, --packed-steps steps each; ratio > 1: packing wins.
+Ratios (step, data, epoch, startup, packed) are medians of the two sides measured alternately in this process, so
 machine load weighs on both sides alike.
 """
 
@@ -43,13 +46,22 @@ from pathlib import Path
 import torch
 from benchlib.data import cifar_dataset, cifar_files, cifar_like
 from benchlib.refs import CORES, dataloader_pass, epoch_usual, step_time_ms
-from benchlib.runs import Defaults, defaults_for, device_loader_pass, epoch_cnnlab, loaders_for, measure, step_sides
+from benchlib.runs import (
+    Defaults,
+    defaults_for,
+    device_loader_pass,
+    epoch_cnnlab,
+    loaders_for,
+    measure,
+    packed_sides,
+    step_sides,
+)
 from benchlib.timing import alternate, alternate_parts
 from omegaconf import DictConfig
 
 PAPER_STEPS, PAPER_EVAL_EVERY = 64_000, 1000  # He et al. 2016, section 4.2
 GRID_DEPTHS = (20, 32, 44, 56, 110)
-FIGURES = ("machine", "train", "recipe", "grid", "step", "data", "epoch", "startup", "options")
+FIGURES = ("machine", "train", "recipe", "grid", "step", "data", "epoch", "startup", "options", "packed")
 MODES = {"fp32": ("32", False), "bf16": ("bf16", False), "compile": ("32", True), "bf16+compile": ("bf16", True)}
 
 
@@ -263,6 +275,23 @@ def bench_options(device: torch.device, sizes: Sizes, defaults: Defaults) -> Non
                  batch=sizes.batch, img_per_s=round(sizes.batch / ms * 1000, 1))  # fmt: skip
 
 
+def bench_packed(device: torch.device, sizes: Sizes, defaults: Defaults, members: list[int], steps: int) -> None:
+    for depth in (20, 56):
+        for k in members:
+            sides = packed_sides(depth, k, device, sizes.batch, steps, defaults.precision, defaults.channels_last)
+            packed, one_by_one = alternate(*sides, sizes.rounds)
+            emit(
+                "packed",
+                model=f"resnet{depth}",
+                members=k,
+                precision=defaults.precision,
+                channels_last=defaults.channels_last,
+                packed_img_per_s_per_member=round(packed, 1),
+                sequential_img_per_s_per_member=round(one_by_one, 1),
+                ratio=round(packed / one_by_one, 3),
+            )
+
+
 # ------------------------------------------------------------------------------------------------ main
 SIZE_FLAGS = {
     "train_window": "train: measured steps per model and mode (500 on a GPU, 20 on a CPU)",
@@ -282,6 +311,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name, text in SIZE_FLAGS.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, help=text)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
+    parser.add_argument("--members", type=int, nargs="+", default=[2, 4, 8], help="packed: the pack sizes K")
+    parser.add_argument("--packed-steps", type=int, default=3, help="packed: optimizer steps per measurement (3)")
     return parser.parse_args(argv)
 
 
@@ -307,6 +338,7 @@ def main(argv: list[str] | None = None) -> None:
             "epoch": lambda: bench_epoch(device, sizes, defaults),
             "startup": lambda: bench_startup(sizes.rounds),
             "options": lambda: bench_options(device, sizes, defaults),
+            "packed": lambda: bench_packed(device, sizes, defaults, args.members, args.packed_steps),
         }
         for name in FIGURES:
             if name in args.only:

@@ -73,7 +73,7 @@ def test_training_figures_and_estimates() -> None:
 
 
 def test_ratio_figures() -> None:
-    lines = bench("--only", "step", "data", "epoch", "options")
+    lines = bench("--only", "step", "data", "epoch", "options", "packed", "--members", "2", "--packed-steps", "1")
     step = by(lines, "step")
     assert [line["model"] for line in step] == ["resnet20", "resnet56"]
     for line in step:
@@ -84,6 +84,10 @@ def test_ratio_figures() -> None:
     positive(epoch, "images", "val_images", "cnnlab_s", "usual_recipe_s", "ratio")
     assert set(epoch["cnnlab_parts_s"]) == set(epoch["usual_parts_s"]) == {"build", "read", "train", "evaluate"}
     assert by(lines, "options")
+    packed = by(lines, "packed")
+    assert [(line["model"], line["members"]) for line in packed] == [("resnet20", 2), ("resnet56", 2)]
+    for line in packed:
+        positive(line, "packed_img_per_s_per_member", "sequential_img_per_s_per_member", "ratio")
 
 
 @pytest.mark.slow

@@ -81,7 +81,6 @@ def boxed_runner(model: nn.Module, canvas: Tensor) -> tuple | None:
     return run, black
 
 
-@staticmethod
 def _folded(conv: nn.Conv2d, norm: nn.Module) -> tuple[Tensor, Tensor | None]:
     """The weights and bias of `conv` followed by `norm` (eval-mode BatchNorm2d, or Identity) as one conv."""
     if not isinstance(norm, nn.BatchNorm2d):
@@ -94,13 +93,11 @@ def _folded(conv: nn.Conv2d, norm: nn.Module) -> tuple[Tensor, Tensor | None]:
     return conv.weight * scale[:, None, None, None], bias
 
 
-@staticmethod
 def _padded(base: Tensor, conv: nn.Conv2d) -> Tensor:
     (p, q) = conv.padding
     return F.pad(base, (q, q, p, p))
 
 
-@staticmethod
 def _widened(box: tuple[int, ...], conv: nn.Conv2d, size: torch.Size) -> tuple[int, ...]:
     """The output cells of `conv` that read any input cell of `box` (y0, y1, x0, x1, ends excluded)."""
     out = []
@@ -111,7 +108,6 @@ def _widened(box: tuple[int, ...], conv: nn.Conv2d, size: torch.Size) -> tuple[i
     return tuple(out)
 
 
-@staticmethod
 def _conv_on(
     conv: nn.Conv2d, weights: tuple, t: Tensor, box: tuple[int, ...], padded: Tensor, out_box: tuple[int, ...]
 ) -> tuple[Tensor, Tensor, tuple[int, int]]:
@@ -128,7 +124,6 @@ def _conv_on(
     return F.conv2d(window, *weights, conv.stride), window, (p, q)
 
 
-@staticmethod
 def _extended(t: Tensor, box: tuple[int, ...], base: Tensor, wanted: tuple[int, ...]) -> Tensor:
     """The activations on `wanted`: `t` on `box`, the canvas's elsewhere."""
     y0, y1, x0, x1 = wanted
@@ -137,7 +132,6 @@ def _extended(t: Tensor, box: tuple[int, ...], base: Tensor, wanted: tuple[int, 
     return out
 
 
-@staticmethod
 def _write(out: Tensor, origin: tuple[int, int], t: Tensor, box: tuple[int, ...]) -> None:
     """Copy the part of `t` (on `box`) that falls in `out` (whose cell 0, 0 is at `origin`)."""
     (oy, ox), (h, w) = origin, out.shape[2:]

@@ -14,13 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from benchlib.data import CIFAR_MEAN, CIFAR_STD, cifar_like
-from benchlib.refs import bare_loop_img_per_s, sgd
+from benchlib.refs import autocast, bare_loop_img_per_s, sgd
 from benchlib.timing import Laps, Parts, sync
 from cnnlab.config.schema import RuntimeConfig, TrainerConfig
 from cnnlab.data.loader import DeviceLoader
+from cnnlab.models.packed import member_outputs, pack, pack_inputs
 from cnnlab.models.resnet import ResNet
 from cnnlab.tasks.build import Loaders, build_loaders
 from cnnlab.training.hardware import native_bf16, resolve_precision
@@ -175,3 +177,53 @@ def epoch_cnnlab(dataset: DictConfig, device: torch.device, batch: int) -> Parts
         lap("fit")
     return {"build": lap.parts["build"], "read": lap.parts["read"], "train": fit["train_seconds"],
             "evaluate": lap.parts["fit"] - fit["train_seconds"]}  # fmt: skip
+
+
+def packed_sides(
+    depth: int, members: int, device: torch.device, batch: int, steps: int, precision: str, channels_last: bool
+) -> tuple[Callable[[], float], Callable[[], float]]:
+    """`packed`'s two sides, images/s per member over `steps` steps of each of `members` ResNets with their own
+    batches (bare loops, the same optimizer and precision): the members one after the other, and packed into
+    one module (cnnlab.models.packed) taking all their batches in one step."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    data = []
+    for k in range(members):
+        x, y = cifar_like(batch * steps, seed=k)
+        loader = DeviceLoader(x, y, batch, CIFAR_MEAN, CIFAR_STD, device, True, seed=k, channels_last=channels_last)
+        data.append([(xb.clone(), yb.clone()) for xb, yb in loader.batches(0)])
+    models = []
+    for k in range(members):
+        torch.manual_seed(k)
+        models.append(ResNet(depth=depth).to(device).to(memory_format=fmt))
+    packed = pack(models).to(memory_format=fmt)
+    packed_batches = [
+        (pack_inputs([data[k][i][0] for k in range(members)]).contiguous(memory_format=fmt),
+         torch.stack([data[k][i][1] for k in range(members)], dim=1))
+        for i in range(steps)
+    ]  # fmt: skip
+    alone = [(m, sgd(m)) for m in models]
+    together = sgd(packed)
+
+    def one_by_one() -> float:
+        sync(device)
+        tic = time.perf_counter()
+        for (model, opt), batches in zip(alone, data, strict=True):
+            bare_loop_img_per_s(model, opt, batches, precision, device)
+        sync(device)
+        return batch * steps / (time.perf_counter() - tic)  # per member: each saw batch * steps images
+
+    def as_one() -> float:
+        packed.train()
+        sync(device)
+        tic = time.perf_counter()
+        for xb, yb in packed_batches:
+            with autocast(precision, device):
+                logits = member_outputs(packed(xb), members).float()
+                loss = F.cross_entropy(logits.transpose(1, 2), yb, reduction="none").mean(0).sum()
+            together.zero_grad(set_to_none=True)
+            loss.backward()
+            together.step()
+        sync(device)
+        return batch * steps / (time.perf_counter() - tic)
+
+    return as_one, one_by_one
