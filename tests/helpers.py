@@ -276,3 +276,73 @@ def assert_localizes(metrics: dict) -> None:
     found = {k: metrics[k] for k in ("cls_acc", "loc_acc", "center_err_px", "mean_iou", "pointing_acc")}
     assert metrics["canvases"] == 50, found
     assert found["cls_acc"] >= 0.5 and found["loc_acc"] >= 0.5 and found["center_err_px"] < 4, found
+
+
+# ---------------------------------------------------------------- sweeps stopped by a signal (test_sweep_resume)
+
+# Loaded by every Python process of a test's sweep (PYTHONPATH): in Hydra job number `job`, just before training
+# batch `at` is used, send `sig` (to the job itself; SIGKILL to the whole sweep's process group), once.
+HOOK = """
+import importlib.abc, importlib.util, os, signal, sys
+
+SPEC = os.environ.get("CNNLAB_TEST_SIGNAL")  # <signal>:<job number>:<batch>:<marker file>
+
+
+def patch(loader):
+    sig, job, at, marker = SPEC.split(":", 3)
+    original, count = loader.DeviceLoader.batches, [0]
+
+    def batches(self, epoch=0, start=0):
+        from hydra.core.hydra_config import HydraConfig
+
+        for batch in original(self, epoch, start):
+            if self.shuffle and HydraConfig.get().job.num == int(job):
+                count[0] += 1
+                if count[0] == int(at) and not os.path.exists(marker):
+                    open(marker, "w").close()
+                    number = getattr(signal, sig)
+                    os.killpg(0, number) if number == signal.SIGKILL else os.kill(os.getpid(), number)
+            yield batch
+
+    loader.DeviceLoader.batches = batches
+
+
+class Hook(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "cnnlab.data.loader":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            patch(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+if SPEC:
+    sys.meta_path.insert(0, Hook())
+"""
+
+
+def sweep(tmp_path: Path, *args: str, signal_at: str | None = None) -> subprocess.CompletedProcess:
+    """`python -m cnnlab <args>` in its own process group, with the signal hook when `signal_at` is given."""
+    hook_dir = tmp_path / "hook"
+    hook_dir.mkdir(exist_ok=True)
+    (hook_dir / "sitecustomize.py").write_text(HOOK)
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook_dir), str(ROOT), env.get("PYTHONPATH")]))
+    if signal_at:
+        env["CNNLAB_TEST_SIGNAL"] = f"{signal_at}:{tmp_path / 'signalled'}"
+    return subprocess.run(
+        [sys.executable, "-m", "cnnlab", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        start_new_session=True,  # SIGKILL to the sweep's process group spares pytest
+    )

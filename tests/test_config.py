@@ -158,8 +158,10 @@ def test_launcher_options_compose(launcher):
     cfg = compose_hydra(f"launcher={launcher}")
     (override,) = [d["override /hydra/launcher"] for d in raw["defaults"]]
     assert cfg.hydra.runtime.choices["hydra/launcher"] == override
-    for key, value in raw["hydra"]["launcher"].items():
+    for key, value in raw.get("hydra", {}).get("launcher", {}).items():
         assert cfg.hydra.launcher[key] == value, key
+    for key, value in raw.get("runtime", {}).items():  # launcher=packed: runtime.pack, on Hydra's basic launcher
+        assert cfg.runtime[key] == value, key
     validate(cfg)
 
 

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import signal
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnlab.api import multirun
 from cnnlab.models.mlp import MLP
 from cnnlab.models.packed import member_outputs, pack, pack_inputs, pack_tree, unpack_tree, unpackable
 from cnnlab.models.resnet import ResNet
+from cnnlab.records import checkpoint
+from cnnlab.records.status import read_status
+from cnnlab.report import load_runs
+from cnnlab.training.packed import PackedLoader
+from tests.helpers import cli, run_app, sweep
 
 K = 3
 
@@ -120,3 +130,83 @@ def test_an_mlp_packs_and_what_cannot_be_packed_says_why() -> None:
     assert "LSTM" in (unpackable(nn.Sequential(nn.LSTM(3, 3))) or "")
     with pytest.raises(ValueError, match="cannot pack this model: .*dropout"):
         pack([MLP((1, 6, 6), 4, hidden=(8,), dropout=0.5)] * 2)
+
+
+# ---------------------------------------------------------------- launcher=packed, end to end
+
+# fp32 SGD at a small lr without momentum: at the default lr 0.1 with momentum 0.9 a lone run is chaotic enough
+# that its own curve moves by 9% within 50 steps when only its thread count changes (scripts/RESULTS.md)
+SWEEP = ["model=resnet", "model.depth=8", "model.width=4", "seed=0,1", "trainer.max_steps=50", "trainer.eval_every=1",
+         "trainer.precision=32", "trainer.batch_size=32", "optimizer.lr=0.01", "optimizer.momentum=0",
+         "dataset.val_size=100", "logger=none", "runtime.figures=false", "runtime.threads=1"]  # fmt: skip
+
+
+def losses(job: Path) -> list[float]:
+    return [json.loads(line)["train_loss"] for line in (job / "history.jsonl").read_text().splitlines()]
+
+
+def test_a_packed_sweep_writes_each_members_run_as_the_same_seed_alone(tmp_path: Path) -> None:
+    """launcher=packed: both seeds train as one module, and each job dir holds what a lone run writes, with the
+    same loss curve (every step evaluated: train_loss is the step's) and test accuracy."""
+    packed = multirun([*SWEEP, "launcher=packed", f"hydra.sweep.dir={tmp_path / 'packed'}"])
+    alone = multirun([*SWEEP, f"hydra.sweep.dir={tmp_path / 'alone'}"])
+    assert [r.status for r in packed] == ["completed", "completed"]
+    assert "jobs 0 1 train together" in (tmp_path / "packed" / "0" / "cnnlab.log").read_text()
+    for mine, lone in zip(packed, alone, strict=True):
+        assert len(losses(mine.run_dir)) == 50
+        assert losses(mine.run_dir) == pytest.approx(losses(lone.run_dir), rel=1e-4)
+        assert abs(mine.metrics["test_acc"] - lone.metrics["test_acc"]) <= 0.005
+        assert mine.metrics["steps"] == 50 and mine.metrics["seed"] == lone.metrics["seed"]
+        for name in ("best.pt", "last.pt"):  # ordinary checkpoints: task=evaluate reads them
+            saved = checkpoint.load(mine.run_dir / "checkpoints" / name)
+            assert saved["packed"] == 2 and saved["config"]["seed"] == lone.metrics["seed"]
+    assert losses(packed[0].run_dir) != losses(packed[1].run_dir)
+    rows = load_runs(tmp_path / "packed")
+    assert len(rows) == 2  # cnnlab report reads them as any sweep
+    evaluated = run_app(tmp_path / "eval", "task=evaluate", f"checkpoint={packed[1].run_dir}/checkpoints/best.pt")
+    assert evaluated == pytest.approx(packed[1].metrics["test_acc"])
+
+
+def test_a_member_that_diverges_ends_diverged_and_the_others_complete(tmp_path: Path, monkeypatch) -> None:
+    """A NaN in member 1's batches from step 3 on: its job ends diverged, member 0 trains on and completes."""
+    real = PackedLoader.batches
+
+    def poisoned(self, epoch: int = 0, start: int = 0):
+        for i, (x, y) in enumerate(real(self, epoch, start)):
+            if self.loaders[0].shuffle and epoch * len(self) + start + i >= 3:
+                x = x.clone()
+                x[:, x.shape[1] // 2 :] = float("nan")  # the second member's channels
+            yield x, y
+
+    monkeypatch.setattr(PackedLoader, "batches", poisoned)
+    jobs = multirun([*SWEEP, "trainer.eval_every=5", "launcher=packed", f"hydra.sweep.dir={tmp_path}"])
+    assert [r.status for r in jobs] == ["completed", "diverged"]
+    said = read_status(jobs[1].run_dir)
+    assert "NaN or inf" in said["error"] and "the other members went on" in said["error"]
+    assert jobs[0].metrics["steps"] == 50 and "test_acc" not in jobs[1].metrics
+
+
+@pytest.mark.slow
+def test_a_packed_sweep_killed_then_resumed_ends_as_one_never_killed(tmp_path: Path) -> None:
+    """SIGKILL to the whole sweep while the pack trains (its members' last.pt at step 12), then `cnnlab resume`:
+    the pack resumes as a pack and every member ends bit-identical to a packed sweep that never stopped."""
+    args = ["-m", *SWEEP, "launcher=packed", "trainer.max_steps=30"]  # last.pt at every evaluation: every step
+    killed = sweep(tmp_path, *args, f"hydra.sweep.dir={tmp_path / 'killed'}", signal_at="SIGKILL:0:25")  # step 13
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    for job in (tmp_path / "killed" / "0", tmp_path / "killed" / "1"):
+        assert read_status(job)["status"] == "running"
+        assert checkpoint.load(job / "checkpoints" / "last.pt")["train_state"]["step"] == 12
+    resumed = cli("resume", str(tmp_path / "killed"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "the pack resumes from step 12" in (tmp_path / "killed" / "0" / "cnnlab.log").read_text()
+    reference = sweep(tmp_path, *args, f"hydra.sweep.dir={tmp_path / 'reference'}")
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    for n in ("0", "1"):
+        job, same = tmp_path / "killed" / n, tmp_path / "reference" / n
+        assert read_status(job)["status"] == "completed"
+        assert (job / "history.jsonl").read_text() == (same / "history.jsonl").read_text()
+        for name in ("best.pt", "last.pt"):
+            mine, theirs = (checkpoint.load(d / "checkpoints" / name)["model"] for d in (job, same))
+            assert all(torch.equal(mine[k], theirs[k]) for k in theirs), (n, name)
+        metrics = [json.loads((d / "metrics.json").read_text()) for d in (job, same)]
+        assert metrics[0]["test_acc"] == metrics[1]["test_acc"] and metrics[0]["test_loss"] == metrics[1]["test_loss"]

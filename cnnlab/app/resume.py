@@ -7,6 +7,8 @@
 - A job of a resumed sweep (`cnnlab resume <sweep dir>`, or `-m ... runtime.resume=auto`), or a submitit job
   requeued after a pre-emption (its status.json holds its own job id), is skipped when it completed, resumed
   from `checkpoints/last.pt` when it was killed or interrupted, and started again otherwise.
+- A job of `launcher=packed` whose training a pack of seeds did (cnnlab.app.packing; status `packed`) resumes
+  from its `last.pt` at the last step: it tests, records and publishes as any run.
 
 "The same run" has one meaning everywhere: the same overrides of what defines the result (not runtime,
 logger, paths, the data location, the launcher: `cnnlab.config.schema.defines_result`), parsed by Hydra.
@@ -24,6 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.config.overrides import keys
@@ -35,9 +40,11 @@ from cnnlab.records.status import read_status
 from cnnlab.training.hardware import resolve_device, resolve_precision
 
 SKIP, RESUME, START, MISMATCH = "skip", "resume", "start", "mismatch"
+PACKED = "packed"  # a job's status once a pack of seeds trained it: its own job then tests and records it
 ALLOWED = "a run dir, <run dir>/checkpoints/last.pt, or auto"
 log = logging.getLogger("cnnlab")
 RESUME_SUBDIR = ".hydra/resume"  # a resumed run's config; .hydra/ keeps how it started
+MULTIRUN_FILE = "multirun.yaml"  # Hydra's record of a sweep, in its sweep dir
 
 
 def comparable(overrides: Iterable[Any]) -> tuple[str, ...]:
@@ -151,6 +158,20 @@ def load(path: Path, cfg: DictConfig) -> dict[str, Any]:
 # ---------------------------------------------------------------- a job of a sweep
 
 
+def grid(config: DictConfig) -> list[list[str]] | None:
+    """The jobs of a multirun config (as composed, or a sweep's multirun.yaml), in launch order; None when the
+    sweeper is not Hydra's grid (an Optuna search proposes its jobs as it goes)."""
+    if not str(OmegaConf.select(config, "hydra.sweeper._target_", default="")).endswith("BasicSweeper"):
+        return None
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    lines = [f"{k}={v}" for k, v in params.items()] + [str(o) for o in config.hydra.overrides.task]
+    try:
+        batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(without_resume(lines)), None)
+    except HydraException:
+        return None
+    return [job for batch in batches for job in batch]
+
+
 @dataclass(frozen=True)
 class JobPlan:
     """What a sweep job does: SKIP (completed), RESUME from `checkpoint`, START again, or None (a fresh job)."""
@@ -170,7 +191,7 @@ def action(job_dir: Path, overrides: Sequence[str], record: dict[str, Any] | Non
     status = (record or {}).get("status")
     if status == "completed" and (job_dir / "metrics.json").is_file():
         return SKIP
-    if status in (None, "running", "interrupted") and (job_dir / "checkpoints" / "last.pt").is_file():
+    if status in (None, "running", "interrupted", PACKED) and (job_dir / "checkpoints" / "last.pt").is_file():
         return RESUME
     return START
 
@@ -181,7 +202,8 @@ def plan_job(hydra: DictConfig, resume: Any, job_dir: Path) -> JobPlan:
     job_id = str(hydra.job.id) if os.environ.get("SUBMITIT_EXECUTOR") else None
     record = read_status(job_dir)
     requeued = job_id is not None and (record or {}).get("job_id") == job_id
-    if not (resume or requeued):
+    packed = (record or {}).get("status") == PACKED  # a pack trained it (launcher=packed): it finishes from last.pt
+    if not (resume or requeued or packed):
         return JobPlan(None, job_id=job_id)
     what = action(job_dir, list(hydra.overrides.task), record)
     if what == MISMATCH:

@@ -22,7 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from cnnlab import tasks
-from cnnlab.app import resume
+from cnnlab.app import packing, resume
 from cnnlab.app.preflight import checkpoint_config
 from cnnlab.config.checks import validate
 from cnnlab.errors import Refused, UserError
@@ -140,6 +140,11 @@ def _run(cfg: DictConfig, info: RunInfo, device: torch.device) -> float:
              "" if threads == 1 else "s")  # fmt: skip
     seed_everything(int(cfg.seed))
     state = None
+    if info.multirun and int(cfg.runtime.get("pack", 1)) > 1:  # launcher=packed
+        finish = packing.train_pack(cfg, info, device)
+        if finish is not None:  # this job's pack trained it: it finishes from its last.pt
+            with read_write(cfg.runtime):
+                cfg.runtime.resume = str(finish)
     if cfg.runtime.resume:
         info, state = load_resume(cfg, info)
     print_config(cfg)

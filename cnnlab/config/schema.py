@@ -222,6 +222,9 @@ class RuntimeConfig:
     figures: bool = True
     profile: bool = False  # a torch.profiler trace of the first steps in <run dir>/profile/
     print_config: bool = False  # the whole composed config as a tree at the start (else one line of the choices)
+    # a multirun's jobs that differ only in seed, trained this many at a time as one module (launcher=packed: 8);
+    # 1: every job alone
+    pack: int = rule(1, *POSITIVE)
 
 
 # ---------------------------------------------------------------- logger and paths

@@ -21,30 +21,22 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from cnnlab.app.resume import MISMATCH, RESUME, RESUME_SUBDIR, SKIP, START, action, comparable, without_resume
+from cnnlab.app.resume import (
+    MISMATCH,
+    MULTIRUN_FILE,
+    RESUME,
+    RESUME_SUBDIR,
+    SKIP,
+    START,
+    action,
+    comparable,
+    grid,
+    without_resume,
+)
 from cnnlab.errors import UserError
 from cnnlab.records.status import read_status, sweep_statuses
-
-MULTIRUN_FILE = "multirun.yaml"
-
-
-def grid(config: DictConfig) -> list[list[str]] | None:
-    """The jobs of a multirun config (as composed, or a sweep's multirun.yaml), in launch order; None when the
-    sweeper is not Hydra's grid (an Optuna search proposes its jobs as it goes)."""
-    if not str(OmegaConf.select(config, "hydra.sweeper._target_", default="")).endswith("BasicSweeper"):
-        return None
-    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
-    lines = [f"{k}={v}" for k, v in params.items()] + [str(o) for o in config.hydra.overrides.task]
-    try:
-        batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(without_resume(lines)), None)
-    except HydraException:
-        return None
-    return [job for batch in batches for job in batch]
 
 
 def job_dirs(sweep_dir: Path) -> dict[tuple[str, ...], Path]:

@@ -48,6 +48,9 @@ def run(ctx: Context) -> TaskResult:
     best = trainer.evaluate(model, loaders.val)  # the model now holds best.pt's weights
     test = trainer.evaluate(model, loaders.test, predictions=True)
     records = history(run_dir)
+    if ctx.resume is not None and ctx.resume.get("packed"):  # a pack trained it (launcher=packed): its W&B run
+        for row in records:  # gets the evaluations the pack recorded, as the Trainer logs them
+            ctx.logger.log({f"eval/{k}": v for k, v in row.items() if k != "step"}, step=row["step"])
     metrics = {
         "test_acc": test["acc"],
         "test_loss": test["loss"],

@@ -216,13 +216,13 @@ class Trainer:
         epochs = math.ceil(parts.total / parts.steps_per_epoch)
         with Progress(parts.total, state.step, self.runtime.log_every, epochs) as progress, stop.stepping():
             with profiler(self.runtime.profile, self.run_dir, self.device) as prof:
-                tic, log_loss, log_start = time.perf_counter(), torch.zeros((), device=self.device), state.step
+                tic, log_loss, log_start = time.perf_counter(), torch.zeros_like(state.loss_sum), state.step
                 for xb, yb in self._batches(train, state, parts.total):
                     log_loss += self._train_step(parts, state, xb, yb)
                     epoch_ended = state.end_of_batch(len(yb), parts.steps_per_epoch)
                     prof.step()
                     if progress.due(state.step) or state.step >= parts.total:
-                        self._log(parts, state, progress, log_loss.item() / (state.step - log_start), log_start)
+                        self._log(parts, state, progress, log_loss, state.step - log_start, log_start)
                         log_loss.zero_()
                         log_start = state.step
                     action = due(state, epoch_ended, parts.total, self.cfg.eval_every, self.runtime.checkpoint_every)
@@ -320,8 +320,12 @@ class Trainer:
             parts.compile_seconds, parts.compile_images = self._elapsed(tic), len(yb)
         return loss
 
-    def _log(self, parts: Parts, state: TrainState, progress: Progress, mean_loss: float, since: int) -> None:
-        """A progress line and the logger's train/loss: one host sync, at log points only."""
+    def _log(
+        self, parts: Parts, state: TrainState, progress: Progress, loss_sum: torch.Tensor, steps: int, since: int
+    ) -> None:
+        """A progress line and the logger's train/loss (the mean of the `steps` losses summed in loss_sum since
+        step `since`): one host sync, at log points only."""
+        mean_loss = loss_sum.item() / steps
         self._check_finite(parts, state, since + 1, math.isfinite(mean_loss))
         acc = state.correct.item() / max(state.seen, 1)
         epoch = state.epoch + (1 if state.batch else 0)  # people count epochs from 1: "epoch 1/5"
