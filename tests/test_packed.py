@@ -142,7 +142,8 @@ SWEEP = ["model=resnet", "model.depth=8", "model.width=4", "seed=0,1", "trainer.
 
 
 def losses(job: Path) -> list[float]:
-    return [json.loads(line)["train_loss"] for line in (job / "history.jsonl").read_text().splitlines()]
+    path = job / "history.jsonl"
+    return [json.loads(line)["train_loss"] for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def test_a_packed_sweep_writes_each_members_run_as_the_same_seed_alone(tmp_path: Path) -> None:
@@ -167,23 +168,38 @@ def test_a_packed_sweep_writes_each_members_run_as_the_same_seed_alone(tmp_path:
     assert evaluated == pytest.approx(packed[1].metrics["test_acc"])
 
 
-def test_a_member_that_diverges_ends_diverged_and_the_others_complete(tmp_path: Path, monkeypatch) -> None:
-    """A NaN in member 1's batches from step 3 on: its job ends diverged, member 0 trains on and completes."""
+@pytest.mark.parametrize("bad", [0, 1])
+def test_a_member_that_diverges_ends_diverged_and_the_others_complete(tmp_path: Path, monkeypatch, bad: int) -> None:
+    """A NaN in one member's batches from step 3 on: its job ends diverged, the other trains on and completes
+    (also when the diverged one is the first job, which trains the pack)."""
     real = PackedLoader.batches
 
     def poisoned(self, epoch: int = 0, start: int = 0):
         for i, (x, y) in enumerate(real(self, epoch, start)):
             if self.loaders[0].shuffle and epoch * len(self) + start + i >= 3:
                 x = x.clone()
-                x[:, x.shape[1] // 2 :] = float("nan")  # the second member's channels
+                half = x.shape[1] // 2
+                x[:, half * bad : half * (bad + 1)] = float("nan")  # the bad member's channels
             yield x, y
 
     monkeypatch.setattr(PackedLoader, "batches", poisoned)
     jobs = multirun([*SWEEP, "trainer.eval_every=5", "launcher=packed", f"hydra.sweep.dir={tmp_path}"])
-    assert [r.status for r in jobs] == ["completed", "diverged"]
-    said = read_status(jobs[1].run_dir)
+    good = 1 - bad
+    assert jobs[bad].status == "diverged" and jobs[good].status == "completed"
+    said = read_status(jobs[bad].run_dir)
     assert "NaN or inf" in said["error"] and "the other members went on" in said["error"]
-    assert jobs[0].metrics["steps"] == 50 and "test_acc" not in jobs[1].metrics
+    assert jobs[good].metrics["steps"] == 50 and jobs[good].metrics["packed"] == 2
+    assert "test_acc" not in jobs[bad].metrics and len(losses(jobs[bad].run_dir)) == 0  # evaluated every 5: none
+    assert len(losses(jobs[good].run_dir)) == 10  # one run's rows, no second run appended
+
+
+def test_what_cannot_be_packed_trains_alone_and_says_why(tmp_path: Path) -> None:
+    jobs = multirun([*SWEEP, "trainer.max_steps=3", "runtime.checkpoint=false", "launcher=packed",
+                     f"hydra.sweep.dir={tmp_path}"])  # fmt: skip
+    assert [r.status for r in jobs] == ["completed", "completed"]
+    log = (tmp_path / "0" / "cnnlab.log").read_text()
+    assert "launcher=packed: job 0 trains alone: runtime.checkpoint=false" in log
+    assert "packed" not in jobs[0].metrics
 
 
 @pytest.mark.slow

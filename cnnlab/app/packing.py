@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import logging
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from cnnlab.app.resume import MULTIRUN_FILE, PACKED, comparable, grid
+from cnnlab.app.resume import MULTIRUN_FILE, PACKED, clear, grid
 from cnnlab.config.overrides import keys, values
 from cnnlab.models.packed import pack, unpackable
 from cnnlab.records import checkpoint
@@ -32,6 +31,7 @@ from cnnlab.tasks.build import build, build_loaders, typed
 from cnnlab.tasks.context import RunInfo
 from cnnlab.training.packed import Member, PackedLoader, PackedTrainer
 from cnnlab.training.state import TrainState
+from cnnlab.training.stop import Interrupted
 from cnnlab.training.trainer import DivergenceError
 
 log = logging.getLogger("cnnlab")
@@ -47,17 +47,22 @@ def pack_of(jobs: list[list[str]], me: int, size: int) -> list[int]:
 
 
 def without_seed(job: list[str]) -> tuple[str, ...]:
-    return tuple(line for key, line in keys(comparable(job)) if key != "seed")
+    """A job's overrides but its seed (and a resume's runtime.resume): jobs equal in these pack together."""
+    return tuple(sorted(line for key, line in keys(job) if key not in ("seed", "runtime.resume")))
 
 
 def why_alone(cfg: DictConfig, hydra: DictConfig, members: int) -> str | None:
     """Why this job trains alone under launcher=packed, or None."""
     if members < 2:
         return "no other job of the sweep differs from it only in seed"
+    if not str(hydra.launcher.get("_target_", "")).endswith("BasicLauncher"):
+        return "its launcher runs jobs in parallel (launcher=packed runs them one after another)"
     if cfg.task.name != "classify":
         return f"task={cfg.task.name} trains nothing"
     if str(hydra.sweep.subdir) != str(hydra.job.num):
         return "hydra.sweep.subdir is not the job number, so its pack's job dirs are not known"
+    if not cfg.runtime.checkpoint:
+        return "runtime.checkpoint=false (each member's job finishes from its last.pt)"
     if cfg.runtime.compile:
         return "runtime.compile is on (packs run eagerly)"
     if str(cfg.trainer.precision) == "16":
@@ -67,12 +72,13 @@ def why_alone(cfg: DictConfig, hydra: DictConfig, members: int) -> str | None:
 
 def train_pack(cfg: DictConfig, info: RunInfo, device: torch.device) -> Path | None:
     """When this job is the first of a pack whose members are not trained yet: train them, and return this
-    job's last.pt to finish from; else None (the job runs as usual)."""
+    job's last.pt to finish from; else None (the job runs as usual, or finishes from the pack's last.pt)."""
     from hydra.core.hydra_config import HydraConfig
 
     hydra = HydraConfig.get()
     earlier = (read_status(info.run_dir) or {}).get("previous") or {}
-    if earlier.get("status") == "diverged" and earlier.get("packed") and not cfg.runtime.get("resume"):
+    resuming = bool(cfg.runtime.get("resume"))
+    if earlier.get("status") == "diverged" and earlier.get("packed") and not resuming:
         said = str(earlier.get("error", "")).removeprefix("DivergenceError: ")
         raise DivergenceError(said, TrainState(step=int(earlier.get("step", 0))))  # in its pack: it ends so
     record = info.sweep_dir / MULTIRUN_FILE if info.sweep_dir else None
@@ -82,24 +88,41 @@ def train_pack(cfg: DictConfig, info: RunInfo, device: torch.device) -> Path | N
         log.info("launcher=packed: job %d trains alone: the sweep is not a grid", me)
         return None
     numbers = pack_of(jobs, me, int(cfg.runtime.pack))
-    if numbers[0] != me:
-        return None  # the first job of its pack trained it, or it trains alone
     why = why_alone(cfg, hydra, len(numbers))
+    if numbers[0] != me:
+        if earlier.get("status") == PACKED:
+            log.info("launcher=packed: job %d was trained in the pack of job %d", me, numbers[0])
+        elif not why:  # its pack's first job stopped before training it (failed, killed): it trains alone
+            if earlier.get("packed") and not resuming:
+                clear(info.run_dir)
+            log.info("launcher=packed: job %d trains alone: the pack of job %d did not train it", me, numbers[0])
+        return None
     if why:
         log.info("launcher=packed: job %d trains alone: %s", me, why)
         return None
-    dirs = [info.sweep_dir / str(n) for n in numbers]
-    if all((read_status(d) or {}).get("status") in DONE for d in dirs[1:]):
-        return dirs[0] / "checkpoints" / "last.pt" if (dirs[0] / "checkpoints" / "last.pt").is_file() else None
-    cfgs = [seed_of(cfg, jobs[n]) for n in numbers]
-    members = [member(c, jobs[n], d, device) for c, n, d in zip(cfgs, numbers, dirs, strict=True)]
-    log.info("launcher=packed: jobs %s train together (seeds %s)", " ".join(map(str, numbers)),
+    dirs = {n: info.run_dir.parent / str(n) for n in numbers}  # the job number is the subdir (why_alone)
+    todo = [n for n in numbers if n == me or (read_status(dirs[n]) or {}).get("status") not in DONE]
+    if len(todo) < 2:
+        log.info("launcher=packed: job %d trains alone: the other jobs of its pack are done", me)
+        return None
+    cfgs = [seed_of(cfg, jobs[n]) for n in todo]
+    members = [member(c, jobs[n], dirs[n], device) for c, n in zip(cfgs, todo, strict=True)]
+    log.info("launcher=packed: jobs %s train together (seeds %s)", " ".join(map(str, todo)),
              " ".join(str(c.seed) for c in cfgs))  # fmt: skip
-    fit(cfgs, members, device)
+    try:
+        steps = fit(cfgs, members, device, resuming)
+    except Interrupted as e:  # every living member holds its last.pt of this step: the sweep resumes the pack
+        for m in members:
+            if m.diverged is None:
+                write_status(m.run_dir, "interrupted", m.overrides, e, step=e.step, packed=True)
+        e.resume_command = f"cnnlab resume {info.run_dir.parent}"
+        raise
     for m in members:
         if m.diverged is None:
-            write_status(m.run_dir, PACKED, m.overrides, step=(m.best_step or 0), pack=numbers)
-    return None if members[0].diverged else dirs[0] / "checkpoints" / "last.pt"
+            write_status(m.run_dir, PACKED, m.overrides, step=steps, pack=todo)
+    if members[0].diverged:
+        raise DivergenceError(members[0].diverged, TrainState(step=steps))
+    return dirs[me] / "checkpoints" / "last.pt"
 
 
 def seed_of(cfg: DictConfig, overrides: list[str]) -> DictConfig:
@@ -114,11 +137,6 @@ def member(cfg: DictConfig, overrides: list[str], run_dir: Path, device: torch.d
     """A member in its job dir, with the record it is started with."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    previous = read_status(run_dir)
-    if (previous or {}).get("status") not in ("running", "interrupted"):  # fresh: nothing an attempt left
-        for name in ("history.jsonl", "metrics.json"):
-            (run_dir / name).unlink(missing_ok=True)
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     started = run_dir / ".hydra" / "overrides.yaml"  # as Hydra writes it when the job starts: a sweep resumed
     if not started.is_file():  # before this job started knows it as this job of the grid (cnnlab.app.resume.action)
         started.parent.mkdir(exist_ok=True)
@@ -133,8 +151,13 @@ def seeded(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def fit(cfgs: list[DictConfig], members: list[Member], device: torch.device) -> None:
-    """Build each member as its lone run would (seeded model and splits), pack them, train them together."""
+def fit(cfgs: list[DictConfig], members: list[Member], device: torch.device, resuming: bool) -> int:
+    """Build each member as its lone run would (seeded model and splits), pack them, train them together
+    (continuing a killed pack when the sweep is resumed); the steps trained."""
+    resume = resumed(members) if resuming else None
+    if resume is None:  # a fresh pack: nothing an earlier attempt left in the members' dirs
+        for m in members:
+            clear(m.run_dir)
     trainer = PackedTrainer(members, typed(cfgs[0].trainer), device, runtime=typed(cfgs[0].runtime))
     models, loaders = [], []
     for cfg, m in zip(cfgs, members, strict=True):
@@ -145,8 +168,10 @@ def fit(cfgs: list[DictConfig], members: list[Member], device: torch.device) -> 
     packed = packed.to(memory_format=torch.channels_last) if trainer.runtime.channels_last else packed
     optimizer = build(cfgs[0].optimizer, "optimizer")(packed.parameters())
     test = PackedLoader([x.test for x in loaders]) if trainer.cfg.eval_test else None
-    trainer.fit(packed, optimizer, build(cfgs[0].scheduler, "scheduler"), PackedLoader([x.train for x in loaders]),
-                PackedLoader([x.val for x in loaders]), cfgs[0].task.monitor, resumed(members), test)  # fmt: skip
+    summary = trainer.fit(packed, optimizer, build(cfgs[0].scheduler, "scheduler"),
+                          PackedLoader([x.train for x in loaders]), PackedLoader([x.val for x in loaders]),
+                          cfgs[0].task.monitor, resume, test)  # fmt: skip
+    return int(summary["steps"])
 
 
 def resumed(members: list[Member]) -> list[dict[str, Any]] | None:

@@ -141,7 +141,8 @@ def _run(cfg: DictConfig, info: RunInfo, device: torch.device) -> float:
     seed_everything(int(cfg.seed))
     state = None
     if info.multirun and int(cfg.runtime.get("pack", 1)) > 1:  # launcher=packed
-        finish = packing.train_pack(cfg, info, device)
+        with stop.handling():  # SIGTERM or Ctrl-C between two steps of the pack: its members' last.pt
+            finish = packing.train_pack(cfg, info, device)
         if finish is not None:  # this job's pack trained it: it finishes from its last.pt
             with read_write(cfg.runtime):
                 cfg.runtime.resume = str(finish)

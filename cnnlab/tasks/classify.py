@@ -36,6 +36,12 @@ def run(ctx: Context) -> TaskResult:
     if ctx.resume is not None:
         checkpoint.check_fits(model, ctx.resume["model"], run_dir / "checkpoints" / "last.pt")
     monitor = cfg.task.monitor
+    packed = (ctx.resume or {}).get("packed")  # a pack of seeds trained it (launcher=packed), up to this step:
+    if packed:  # its W&B run gets the evaluations the pack recorded, as the Trainer logs them
+        done = ctx.resume["train_state"]["step"]
+        for row in history(run_dir):
+            if row["step"] <= done:
+                ctx.logger.log({f"eval/{k}": v for k, v in row.items() if k != "step"}, step=row["step"])
     try:
         curves = loaders.test if trainer.cfg.eval_test else None  # test-error curves only
         fit = trainer.fit(model, optimizer, build(cfg.scheduler, "scheduler"), loaders.train, loaders.val,
@@ -48,9 +54,6 @@ def run(ctx: Context) -> TaskResult:
     best = trainer.evaluate(model, loaders.val)  # the model now holds best.pt's weights
     test = trainer.evaluate(model, loaders.test, predictions=True)
     records = history(run_dir)
-    if ctx.resume is not None and ctx.resume.get("packed"):  # a pack trained it (launcher=packed): its W&B run
-        for row in records:  # gets the evaluations the pack recorded, as the Trainer logs them
-            ctx.logger.log({f"eval/{k}": v for k, v in row.items() if k != "step"}, step=row["step"])
     metrics = {
         "test_acc": test["acc"],
         "test_loss": test["loss"],
@@ -69,6 +72,7 @@ def run(ctx: Context) -> TaskResult:
         "precision": trainer.cfg.precision,
         "channels_last": trainer.runtime.channels_last,
         "device": str(ctx.device),
+        **({"packed": packed} if packed else {}),  # train_seconds: the pack's; train_img_per_s: per member
         **settings(cfg),
     }
     result = TaskResult(metrics, f"{name} on {cfg.dataset.name}", TABLE, monitor)

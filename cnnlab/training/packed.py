@@ -167,7 +167,9 @@ class PackedTrainer(Trainer):
         tested = self.evaluate(parts.model, parts.test) if parts.test is not None else None
         train_loss = (state.loss_sum / max(state.seen, 1)).tolist()
         train_acc = (state.correct.double() / max(state.seen, 1)).tolist()
-        weights = None
+        state.reset_window()  # before best.pt is written, as the Trainer does
+        state.last_eval = state.step
+        weights = optimizers = None
         for i, member in enumerate(self.members):
             if member.diverged is not None:
                 continue
@@ -181,10 +183,9 @@ class PackedTrainer(Trainer):
             value, higher = row[parts.monitor], not parts.monitor.endswith("loss")
             if member.best is None or (value > member.best if higher else value < member.best):
                 weights = weights or unpack_tree(parts.model.state_dict(), self.k)
+                optimizers = optimizers or unpack_tree(parts.optimizer.state_dict(), self.k)
                 member.best, member.best_step, member.best_model = value, state.step, weights[i]
-                self._save_member(parts, state, i, "best", weights[i])
-        state.reset_window()
-        state.last_eval = state.step
+                self._save_member(parts, state, i, "best", weights[i], optimizers[i])
         self._save(parts, state)
         shown = " ".join(f"{a:.4f}" for a, m in zip(result["acc"], self.members, strict=True) if m.diverged is None)
         progress.note(f"step {state.step}: val_acc of the {int(self.alive.sum())} members {shown}")
@@ -199,15 +200,12 @@ class PackedTrainer(Trainer):
             if member.diverged is None:
                 self._save_member(parts, state, i, name, weights[i], optimizers[i])
 
-    def _save_member(
-        self, parts: Parts, state: TrainState, i: int, name: str, weights: dict, optimizer: dict | None = None
-    ) -> None:
+    def _save_member(self, parts: Parts, state: TrainState, i: int, name: str, weights: dict, optimizer: dict) -> None:
         if not self.runtime.checkpoint:
             return
         member = self.members[i]
         own = replace(state, loss_sum=state.loss_sum[i], correct=state.correct[i], best=member.best,
                       best_step=member.best_step, best_model=member.best_model)  # fmt: skip
-        optimizer = optimizer or unpack_tree(parts.optimizer.state_dict(), self.k)[i]
         checkpoint.save(
             {
                 **member.extra,
