@@ -226,3 +226,20 @@ def test_a_packed_sweep_killed_then_resumed_ends_as_one_never_killed(tmp_path: P
             assert all(torch.equal(mine[k], theirs[k]) for k in theirs), (n, name)
         metrics = [json.loads((d / "metrics.json").read_text()) for d in (job, same)]
         assert metrics[0]["test_acc"] == metrics[1]["test_acc"] and metrics[0]["test_loss"] == metrics[1]["test_loss"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_pack_interrupts_every_member_and_says_how_to_resume(tmp_path: Path) -> None:
+    """SIGINT while the pack trains: every member's last.pt at that step, status interrupted, exit 130 with
+    `cnnlab resume <sweep dir>`; that command finishes the sweep."""
+    args = ["-m", *SWEEP, "launcher=packed", "trainer.max_steps=30", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    stopped = sweep(tmp_path, *args, signal_at="SIGINT:0:25")
+    assert stopped.returncode == 130, stopped.stderr[-3000:]
+    assert f"cnnlab resume {tmp_path / 'sweep'}" in stopped.stderr
+    for n in ("0", "1"):
+        record = read_status(tmp_path / "sweep" / n)
+        assert record["status"] == "interrupted", record
+        assert checkpoint.load(tmp_path / "sweep" / n / "checkpoints" / "last.pt")["train_state"]["step"] == 13
+    resumed = cli("resume", str(tmp_path / "sweep"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [read_status(tmp_path / "sweep" / n)["status"] for n in ("0", "1")] == ["completed", "completed"]
