@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import copy
 import logging
-import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -27,7 +25,7 @@ from cnnlab.models.packed import pack, unpackable
 from cnnlab.records import checkpoint
 from cnnlab.records.provenance import provenance
 from cnnlab.records.status import read_status, write_status
-from cnnlab.tasks.build import build, build_loaders, typed
+from cnnlab.tasks.build import build, build_loaders, seed_everything, typed
 from cnnlab.tasks.context import RunInfo
 from cnnlab.training.packed import Member, PackedLoader, PackedTrainer
 from cnnlab.training.state import TrainState
@@ -145,12 +143,6 @@ def member(cfg: DictConfig, overrides: list[str], run_dir: Path, device: torch.d
     return Member(run_dir, {"config": resolved, "provenance": provenance(device)}, tuple(overrides))
 
 
-def seeded(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def fit(cfgs: list[DictConfig], members: list[Member], device: torch.device, resuming: bool) -> int:
     """Build each member as its lone run would (seeded model and splits), pack them, train them together
     (continuing a killed pack when the sweep is resumed); the steps trained."""
@@ -161,7 +153,7 @@ def fit(cfgs: list[DictConfig], members: list[Member], device: torch.device, res
     trainer = PackedTrainer(members, typed(cfgs[0].trainer), device, runtime=typed(cfgs[0].runtime))
     models, loaders = [], []
     for cfg, m in zip(cfgs, members, strict=True):
-        seeded(int(cfg.seed))
+        seed_everything(int(cfg.seed))
         models.append(trainer.prepare(build(cfg.model, "model")))
         loaders.append(build_loaders(cfg.dataset, trainer.cfg, trainer.runtime, int(cfg.seed), device, m.run_dir))
     packed = pack(models)

@@ -26,9 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.config.overrides import keys
@@ -161,6 +158,10 @@ def load(path: Path, cfg: DictConfig) -> dict[str, Any]:
 def grid(config: DictConfig) -> list[list[str]] | None:
     """The jobs of a multirun config (as composed, or a sweep's multirun.yaml), in launch order; None when the
     sweeper is not Hydra's grid (an Optuna search proposes its jobs as it goes)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # only sweeps need it: not at start-up
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
     if not str(OmegaConf.select(config, "hydra.sweeper._target_", default="")).endswith("BasicSweeper"):
         return None
     params = OmegaConf.select(config, "hydra.sweeper.params") or {}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +16,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, read_write
 
@@ -28,7 +26,7 @@ from cnnlab.config.checks import validate
 from cnnlab.errors import Refused, UserError
 from cnnlab.records.status import read_status, write_status
 from cnnlab.records.tracking import NullLogger
-from cnnlab.tasks.build import boundary, build
+from cnnlab.tasks.build import boundary, build, seed_everything
 from cnnlab.tasks.context import Context, RunInfo
 from cnnlab.tasks.publish import publish, run_name, run_provenance
 from cnnlab.training.hardware import gpu_lease, resolve_device, resolve_precision
@@ -140,7 +138,7 @@ def _run(cfg: DictConfig, info: RunInfo, device: torch.device) -> float:
              "" if threads == 1 else "s")  # fmt: skip
     seed_everything(int(cfg.seed))
     state = None
-    if info.multirun and int(cfg.runtime.get("pack", 1)) > 1:  # launcher=packed
+    if info.multirun and int(cfg.runtime.pack) > 1:  # launcher=packed
         with stop.handling():  # SIGTERM or Ctrl-C between two steps of the pack: its members' last.pt
             finish = packing.train_pack(cfg, info, device)
         if finish is not None:  # this job's pack trained it: it finishes from its last.pt
@@ -210,12 +208,6 @@ def thread_count(threads: int | None, info: RunInfo) -> int:
     if info.cpus_per_task:  # submitit: the cores each job was given
         return info.cpus_per_task
     return max(1, cores() // max(1, info.parallel_jobs))
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def print_config(cfg: DictConfig) -> None:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -35,6 +37,13 @@ from cnnlab.tasks.context import RunInfo
 
 log = logging.getLogger("cnnlab")
 CANVAS_KEYS = ("count", "size", "digits", "clutter", "fragment")  # make_canvases' arguments, in order
+
+
+def seed_everything(seed: int) -> None:
+    """One seed for Python's, NumPy's and torch's random streams (model init; the loaders seed their own)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def as_config_error(error: Exception, key: str, value: Any = None, fix: str | None = None) -> ConfigError:

@@ -188,7 +188,7 @@ def box_rule(
         steps=steps,
         background=background,
         threshold=threshold if task.get("threshold") is None else float(task.threshold),
-        crop=tuple(side) if side is not None and task.get("box_labels", "map") == "crop" else None,
+        crop=tuple(side) if side is not None and task.box_labels == "crop" else None,
         **{k: task[k] for k in keys},
     )
 

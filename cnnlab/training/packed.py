@@ -97,19 +97,17 @@ class PackedTrainer(Trainer):
         if resume is None:
             state = TrainState(loss_sum=torch.zeros(self.k), correct=torch.zeros(self.k, dtype=torch.long))
             return state.to(self.device)
-        parts.model.load_state_dict(pack_tree([r["model"] for r in resume]))
-        parts.optimizer.load_state_dict(pack_tree([r["optimizer"] for r in resume]))
-        parts.scheduler.load_state_dict(resume[0]["scheduler"])
-        parts.scaler.load_state_dict(resume[0]["scaler"])
-        checkpoint.set_rng_states(resume[0]["rng"])
         saved = [r["train_state"] for r in resume]
-        state = TrainState(**{**saved[0], "best_model": None, "best": None, "best_step": None})
-        state.loss_sum = torch.stack([s["loss_sum"] for s in saved])
-        state.correct = torch.stack([s["correct"] for s in saved])
+        shared = {**saved[0], "best_model": None, "best": None, "best_step": None}  # the bests are the members'
+        shared["loss_sum"] = torch.stack([s["loss_sum"] for s in saved])
+        shared["correct"] = torch.stack([s["correct"] for s in saved])
+        packed = {**resume[0], "model": pack_tree([r["model"] for r in resume]), "train_state": shared,
+                  "optimizer": pack_tree([r["optimizer"] for r in resume])}  # fmt: skip
+        state = super()._start(parts, packed)  # as a lone run resumes: weights, optimizer, schedule, RNG
         for member, s in zip(self.members, saved, strict=True):
             member.best, member.best_step, member.best_model = s["best"], s["best_step"], s["best_model"]
             truncate_history(member.run_dir / "history.jsonl", state.step)
-        return state.to(self.device)
+        return state
 
     def _train_step(self, parts: Parts, state: TrainState, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         """One optimizer step of every member: the sum of their mean losses (a diverged member's masked out), so

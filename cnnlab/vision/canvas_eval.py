@@ -101,8 +101,7 @@ def evaluate_canvases(
         labels = canvases.labels[start : start + len(x)]
         pooled, wanted, heat, rank, stride = boxed(method, scorer, x, rule, blank_maps, torch.stack(labels))
         ink = canvases.images[start : start + len(x)].amax(1) > 0
-        found = [boxes_of(heat[i], pooled[i], ink[i], rule, rank) for i in range(len(x))]
-        found = crop_labels(scorer.model, x, found, black, rule) if rule.crop else found
+        found = batch_boxes(scorer, x, heat, pooled, ink, black, rule, rank)
         for i, (truth, pred) in enumerate(zip(labels, found, strict=True)):
             peaks = {c: peak_point(heat[i, c]) for c in truth.unique().tolist()}
             scores.add(pred, canvases.boxes[start + i], truth, peaks)
@@ -132,6 +131,14 @@ def boxes_of(heat: Tensor, pooled: Tensor, ink: Tensor, rule: BoxRule, rank: str
     return snap_to_ink(found, ink, INK_SHARE) if rule.boxes == "ink" else found
 
 
+def batch_boxes(
+    scorer: FullyConv, x: Tensor, heat: Tensor, pooled: Tensor, ink: Tensor, black: Tensor, rule: BoxRule, rank: str
+) -> list[Detections]:
+    """A batch's boxes (boxes_of each canvas), labelled by their crops when rule.crop says so."""
+    found = [boxes_of(heat[i], pooled[i], ink[i], rule, rank) for i in range(len(x))]
+    return crop_labels(scorer.model, x, found, black, rule) if rule.crop else found
+
+
 def crop_labels(
     model: Callable[[Tensor], Tensor], x: Tensor, found: list[Detections], black: Tensor, rule: BoxRule
 ) -> list[Detections]:
@@ -149,11 +156,8 @@ def crop_labels(
     crops = torch.stack([padded[i, :, y + h : y + 2 * h, c + w : c + 2 * w] for i, (c, y) in at])
     with torch.no_grad():
         labels = model(crops + black).float()[:, : rule.background].argmax(1).cpu()
-    out, start = [], 0
-    for d in found:
-        out.append(Detections(d.boxes, labels[start : start + len(d.boxes)], d.scores))
-        start += len(d.boxes)
-    return out
+    parts = labels.split([len(d.boxes) for d in found])
+    return [Detections(d.boxes, own, d.scores) for d, own in zip(found, parts, strict=True)]
 
 
 def padded(values: dict[str, Tensor], units: int) -> Table:
@@ -190,9 +194,7 @@ def locate(method: ClassMapMethod, x: Tensor, black: Tensor, rule: BoxRule) -> l
     blank = black.expand(1, -1, *x.shape[2:]).contiguous()
     blank_maps = scorer(blank).maps.float()[:, : rule.background] if method.scores else None
     pooled, _, heat, rank, _ = boxed(method, scorer, x, rule, blank_maps, torch.zeros(len(x), 0))
-    ink = (x != black).any(1).cpu()
-    found = [boxes_of(heat[i], pooled[i], ink[i], rule, rank) for i in range(len(x))]
-    return crop_labels(scorer.model, x, found, black, rule) if rule.crop else found
+    return batch_boxes(scorer, x, heat, pooled, (x != black).any(1).cpu(), black, rule, rank)
 
 
 class SharedPass:
