@@ -23,8 +23,8 @@ Figures (--only picks some):
   startup  `python -m cnnlab --cfg job`, and the time to the first optimizer step of the default run.
   options  ResNet-20 training img/s for each precision x memory format, bare loop (to choose defaults).
   packed   K = --members (2 4 8) ResNet-20s and ResNet-56s with their own batches (seeds), packed into one
-           module (cnnlab.models.packed) against the K trained one after the other: images/s per member, bare
-           loops, --packed-steps steps each; ratio > 1: packing wins.
+           module (cnnlab.models.packed), exact (member by member) and fused (grouped), against the K trained
+           one after the other: images/s per member, bare loops, --packed-steps steps each; ratio > 1: packing wins.
 Ratios (step, data, epoch, startup, packed) are medians of the two sides measured alternately in this process, so
 machine load weighs on both sides alike.
 """
@@ -32,6 +32,7 @@ machine load weighs on both sides alike.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -276,20 +277,20 @@ def bench_options(device: torch.device, sizes: Sizes, defaults: Defaults) -> Non
 
 
 def bench_packed(device: torch.device, sizes: Sizes, defaults: Defaults, members: list[int], steps: int) -> None:
-    for depth in (20, 56):
-        for k in members:
-            sides = packed_sides(depth, k, device, sizes.batch, steps, defaults.precision, defaults.channels_last)
-            packed, one_by_one = alternate(*sides, sizes.rounds)
-            emit(
-                "packed",
-                model=f"resnet{depth}",
-                members=k,
-                precision=defaults.precision,
-                channels_last=defaults.channels_last,
-                packed_img_per_s_per_member=round(packed, 1),
-                sequential_img_per_s_per_member=round(one_by_one, 1),
-                ratio=round(packed / one_by_one, 3),
-            )
+    for depth, k, exact in itertools.product((20, 56), members, (True, False)):
+        sides = packed_sides(depth, k, device, sizes.batch, steps, defaults.precision, defaults.channels_last, exact)
+        packed, one_by_one = alternate(*sides, sizes.rounds)
+        emit(
+            "packed",
+            model=f"resnet{depth}",
+            members=k,
+            exact=exact,  # runtime.pack_exact: layers member by member (true) or grouped (false)
+            precision=defaults.precision,
+            channels_last=defaults.channels_last,
+            packed_img_per_s_per_member=round(packed, 1),
+            sequential_img_per_s_per_member=round(one_by_one, 1),
+            ratio=round(packed / one_by_one, 3),
+        )
 
 
 # ------------------------------------------------------------------------------------------------ main

@@ -85,7 +85,8 @@ def test_ratio_figures() -> None:
     assert set(epoch["cnnlab_parts_s"]) == set(epoch["usual_parts_s"]) == {"build", "read", "train", "evaluate"}
     assert by(lines, "options")
     packed = by(lines, "packed")
-    assert [(line["model"], line["members"]) for line in packed] == [("resnet20", 2), ("resnet56", 2)]
+    pairs = [(line["model"], line["members"], line["exact"]) for line in packed]
+    assert pairs == [("resnet20", 2, True), ("resnet20", 2, False), ("resnet56", 2, True), ("resnet56", 2, False)]
     for line in packed:
         positive(line, "packed_img_per_s_per_member", "sequential_img_per_s_per_member", "ratio")
 

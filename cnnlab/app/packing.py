@@ -156,7 +156,7 @@ def fit(cfgs: list[DictConfig], members: list[Member], device: torch.device, res
         seed_everything(int(cfg.seed))
         models.append(trainer.prepare(build(cfg.model, "model")))
         loaders.append(build_loaders(cfg.dataset, trainer.cfg, trainer.runtime, int(cfg.seed), device, m.run_dir))
-    packed = pack(models)
+    packed = pack(models, exact=trainer.runtime.pack_exact)
     packed = packed.to(memory_format=torch.channels_last) if trainer.runtime.channels_last else packed
     optimizer = build(cfgs[0].optimizer, "optimizer")(packed.parameters())
     test = PackedLoader([x.test for x in loaders]) if trainer.cfg.eval_test else None

@@ -35,6 +35,7 @@ from cnnlab.records import checkpoint
 from cnnlab.records.results import flat
 from cnnlab.records.status import read_status
 from cnnlab.training.hardware import resolve_device, resolve_precision
+from cnnlab.training.packed import TRAIN_LOG
 
 SKIP, RESUME, START, MISMATCH = "skip", "resume", "start", "mismatch"
 PACKED = "packed"  # a job's status once a pack of seeds trained it: its own job then tests and records it
@@ -220,7 +221,7 @@ def plan_job(hydra: DictConfig, resume: Any, job_dir: Path) -> JobPlan:
 
 def clear(job_dir: Path) -> None:
     """Before a job starts again: drop what an earlier attempt left; a first start keeps its config in .hydra/."""
-    for name in ("metrics.json", "history.jsonl"):
+    for name in ("metrics.json", "history.jsonl", TRAIN_LOG):
         (job_dir / name).unlink(missing_ok=True)
     shutil.rmtree(job_dir / "checkpoints", ignore_errors=True)
     first, again = job_dir / ".hydra", job_dir / RESUME_SUBDIR

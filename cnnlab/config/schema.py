@@ -225,6 +225,10 @@ class RuntimeConfig:
     # a multirun's jobs that differ only in seed, trained this many at a time as one module (launcher=packed: 8);
     # 1: every job alone
     pack: int = rule(1, *POSITIVE)
+    # a pack's layers member by member, so each member is its lone run bit for bit on the CPU (true); false: one
+    # grouped convolution for all members (fewer, larger kernels, for a GPU: members then agree with their lone
+    # runs only up to the order of float sums, which chaotic training grows to percents)
+    pack_exact: bool = True
 
 
 # ---------------------------------------------------------------- logger and paths

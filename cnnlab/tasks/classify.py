@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
@@ -11,6 +12,7 @@ from cnnlab.records.results import confusion
 from cnnlab.tasks.build import boundary, build, build_loaders, class_names, history, typed
 from cnnlab.tasks.context import Context, TaskResult
 from cnnlab.tasks.publish import run_name, run_provenance, settings
+from cnnlab.training.packed import TRAIN_LOG
 from cnnlab.training.trainer import DivergenceError, Trainer
 
 log = logging.getLogger("cnnlab")
@@ -37,11 +39,8 @@ def run(ctx: Context) -> TaskResult:
         checkpoint.check_fits(model, ctx.resume["model"], run_dir / "checkpoints" / "last.pt")
     monitor = cfg.task.monitor
     packed = (ctx.resume or {}).get("packed")  # a pack of seeds trained it (launcher=packed), up to this step:
-    if packed:  # its W&B run gets the evaluations the pack recorded, as the Trainer logs them
-        done = ctx.resume["train_state"]["step"]
-        for row in history(run_dir):
-            if row["step"] <= done:
-                ctx.logger.log({f"eval/{k}": v for k, v in row.items() if k != "step"}, step=row["step"])
+    if packed:  # its W&B run gets what the pack logged and evaluated for it, as a lone run's Trainer logs them
+        replay_pack(ctx, run_dir, ctx.resume["train_state"]["step"])
     try:
         curves = loaders.test if trainer.cfg.eval_test else None  # test-error curves only
         fit = trainer.fit(model, optimizer, build(cfg.scheduler, "scheduler"), loaders.train, loaders.val,
@@ -83,6 +82,18 @@ def run(ctx: Context) -> TaskResult:
     if trainer.runtime.figures:
         result.figures = draw(ctx, records, test["preds"], loaders.test.y.cpu(), f"{name} on {cfg.dataset.name}")
     return result
+
+
+def replay_pack(ctx: Context, run_dir: Any, done: int) -> None:
+    """A packed member's logger gets, in step order, the train/loss and lr the pack logged for it and its
+    evaluations up to step `done`: the series a lone run's Trainer logs as it goes."""
+    path = run_dir / TRAIN_LOG
+    trained = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    rows = [(r["step"], 0, {k: v for k, v in r.items() if k != "step"}) for r in trained]
+    rows += [(r["step"], 1, {f"eval/{k}": v for k, v in r.items() if k != "step"}) for r in history(run_dir)]
+    for step, _, metrics in sorted(rows, key=lambda r: r[:2]):  # at one step: the train log, then the evaluation
+        if step <= done:
+            ctx.logger.log(metrics, step=step)
 
 
 def draw(ctx: Context, records: list[dict[str, Any]], preds: Any, targets: Any, title: str) -> dict[str, Any]:

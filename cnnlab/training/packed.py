@@ -30,6 +30,8 @@ from cnnlab.records.status import write_status
 from cnnlab.training.state import TrainState
 from cnnlab.training.trainer import DivergenceError, Parts, Trainer, truncate_history
 
+TRAIN_LOG = "packed_train.jsonl"  # a member's train/loss and lr at each log point of its pack
+
 
 class PackedLoader:
     """The members' loaders as one: each batch is theirs side by side ((B, K * C, H, W) images, (B, K) labels)."""
@@ -86,11 +88,11 @@ class PackedTrainer(Trainer):
         for xb, yb in loader.batches():
             with self.autocast():
                 logits = member_outputs(model(xb), self.k).float()
-            loss_sum += F.cross_entropy(logits.transpose(1, 2), yb, reduction="none").sum(0)
+            loss_sum += torch.stack([F.cross_entropy(logits[:, k], yb[:, k], reduction="sum") for k in range(self.k)])
             correct += (logits.argmax(2) == yb).sum(0)
         model.train(was_training)
         n = loader.num_samples
-        return {"loss": (loss_sum / n).tolist(), "acc": (correct.double() / n).tolist()}
+        return {"loss": [v / n for v in loss_sum.tolist()], "acc": [c / n for c in correct.tolist()]}  # as alone
 
     def _start(self, parts: Parts, resume: Sequence[dict[str, Any]] | None) -> TrainState:
         """A fresh state (sums of K), or the one the members' last.pt hold, packed."""
@@ -107,6 +109,7 @@ class PackedTrainer(Trainer):
         for member, s in zip(self.members, saved, strict=True):
             member.best, member.best_step, member.best_model = s["best"], s["best_step"], s["best_model"]
             truncate_history(member.run_dir / "history.jsonl", state.step)
+            truncate_history(member.run_dir / TRAIN_LOG, state.step)
         return state
 
     def _train_step(self, parts: Parts, state: TrainState, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
@@ -114,7 +117,8 @@ class PackedTrainer(Trainer):
         each member's gradient is its own loss's. Returns the K batch losses."""
         with self.autocast():
             logits = member_outputs(parts.step_fn(xb), self.k).float()
-            losses = F.cross_entropy(logits.transpose(1, 2), yb, reduction="none").mean(0)
+            # member by member as a lone run computes its loss (one (B, classes, K) loss sums in another order)
+            losses = torch.stack([F.cross_entropy(logits[:, k], yb[:, k]) for k in range(self.k)])
         parts.optimizer.zero_grad(set_to_none=True)
         parts.scaler.scale(torch.where(self.alive, losses, 0.0).sum()).backward()
         parts.scaler.step(parts.optimizer)
@@ -136,6 +140,10 @@ class PackedTrainer(Trainer):
         mean_loss = sum(means[i] for i in alive) / len(alive)
         acc = sum(accs[i] for i in alive) / len(alive) / max(state.seen, 1)
         progress.update(state.step, epoch, mean_loss, acc, batch_size=parts.batch_size)
+        lr = parts.scheduler.get_last_lr()[0]
+        for i in alive:  # what a lone run's logger gets here: the member's W&B run replays it (tasks/classify)
+            with (self.members[i].run_dir / TRAIN_LOG).open("a") as f:
+                f.write(json.dumps({"step": state.step, "train/loss": means[i], "lr": lr}) + "\n")
 
     def _check_finite(self, parts: Parts, state: TrainState, since: int, ok: Any = None) -> None:
         """Members whose loss is no longer finite: each is recorded as diverged and leaves the pack; the run
@@ -163,8 +171,8 @@ class PackedTrainer(Trainer):
         self._check_finite(parts, state, state.last_eval + 1)
         result = self.evaluate(parts.model, parts.val)
         tested = self.evaluate(parts.model, parts.test) if parts.test is not None else None
-        train_loss = (state.loss_sum / max(state.seen, 1)).tolist()
-        train_acc = (state.correct.double() / max(state.seen, 1)).tolist()
+        train_loss = [v / max(state.seen, 1) for v in state.loss_sum.tolist()]  # divided as a lone run divides
+        train_acc = [c / max(state.seen, 1) for c in state.correct.tolist()]
         state.reset_window()  # before best.pt is written, as the Trainer does
         state.last_eval = state.step
         weights = optimizers = None

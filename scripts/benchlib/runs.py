@@ -180,11 +180,18 @@ def epoch_cnnlab(dataset: DictConfig, device: torch.device, batch: int) -> Parts
 
 
 def packed_sides(
-    depth: int, members: int, device: torch.device, batch: int, steps: int, precision: str, channels_last: bool
+    depth: int,
+    members: int,
+    device: torch.device,
+    batch: int,
+    steps: int,
+    precision: str,
+    channels_last: bool,
+    exact: bool,
 ) -> tuple[Callable[[], float], Callable[[], float]]:
     """`packed`'s two sides, images/s per member over `steps` steps of each of `members` ResNets with their own
     batches (bare loops, the same optimizer and precision): the members one after the other, and packed into
-    one module (cnnlab.models.packed) taking all their batches in one step."""
+    one module (cnnlab.models.packed, `exact` or fused) taking all their batches in one step."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     data = []
     for k in range(members):
@@ -195,7 +202,7 @@ def packed_sides(
     for k in range(members):
         torch.manual_seed(k)
         models.append(ResNet(depth=depth).to(device).to(memory_format=fmt))
-    packed = pack(models).to(memory_format=fmt)
+    packed = pack(models, exact).to(memory_format=fmt)
     packed_batches = [
         (pack_inputs([data[k][i][0] for k in range(members)]).contiguous(memory_format=fmt),
          torch.stack([data[k][i][1] for k in range(members)], dim=1))
@@ -219,7 +226,7 @@ def packed_sides(
         for xb, yb in packed_batches:
             with autocast(precision, device):
                 logits = member_outputs(packed(xb), members).float()
-                loss = F.cross_entropy(logits.transpose(1, 2), yb, reduction="none").mean(0).sum()
+                loss = sum(F.cross_entropy(logits[:, k], yb[:, k]) for k in range(members))  # as PackedTrainer
             together.zero_grad(set_to_none=True)
             loss.backward()
             together.step()
