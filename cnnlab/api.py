@@ -26,6 +26,7 @@ from cnnlab.config import CONF_DIR
 from cnnlab.config.checks import validate
 from cnnlab.config.schema import register
 from cnnlab.errors import Refused, UserError
+from cnnlab.records.rundir import METRICS
 from cnnlab.records.status import read_status, sweep_statuses
 
 __all__ = ["Loaded", "Result", "compose", "explain", "load", "localize", "multirun", "run"]
@@ -43,7 +44,7 @@ class Result:
     def of(cls, run_dir: Path) -> Result:
         import json
 
-        metrics = run_dir / "metrics.json"
+        metrics = run_dir / METRICS
         status = (read_status(run_dir) or {}).get("status", "unknown")
         return cls(run_dir, status, json.loads(metrics.read_text()) if metrics.is_file() else {})
 

@@ -12,9 +12,9 @@ import pytest
 
 from cnnlab.errors import CheckpointError
 from cnnlab.records import checkpoint
+from cnnlab.records.rundir import truncate_rows
 from cnnlab.records.status import read_status
 from cnnlab.report import load_runs
-from cnnlab.training.trainer import truncate_history
 from tests.helpers import RESUME_RUN, ROOT, assert_same_run, cli, run_app
 
 KILL_AT = 37  # mid-epoch 2: the last periodic checkpoint is at step 30, the last evaluation at 28
@@ -110,10 +110,10 @@ def test_resume_with_another_model_says_what_differs(reference, tmp_path):
     assert not (tmp_path / "metrics.json").exists()
 
 
-def test_truncate_history_keeps_rows_up_to_the_checkpoint(tmp_path):
+def test_truncate_rows_keeps_rows_up_to_the_checkpoint(tmp_path):
     path = tmp_path / "history.jsonl"
     path.write_text('{"step": 10}\n{"step": 20}\n{"step": 30}\n{"st')  # the last line was cut by a kill
-    truncate_history(path, 20)
+    truncate_rows(path, 20)
     assert path.read_text() == '{"step": 10}\n{"step": 20}\n'
 
 

@@ -24,6 +24,7 @@ from cnnlab.config.overrides import keys, values
 from cnnlab.models.packed import pack, unpackable
 from cnnlab.records import checkpoint
 from cnnlab.records.provenance import provenance
+from cnnlab.records.rundir import CHECKPOINTS
 from cnnlab.records.status import read_status, write_status
 from cnnlab.tasks.build import build, build_loaders, seed_everything, typed
 from cnnlab.tasks.context import RunInfo
@@ -120,7 +121,7 @@ def train_pack(cfg: DictConfig, info: RunInfo, device: torch.device) -> Path | N
             write_status(m.run_dir, PACKED, m.overrides, step=steps, pack=todo)
     if members[0].diverged:
         raise DivergenceError(members[0].diverged, TrainState(step=steps))
-    return dirs[me] / "checkpoints" / "last.pt"
+    return dirs[me] / CHECKPOINTS / "last.pt"
 
 
 def seed_of(cfg: DictConfig, overrides: list[str]) -> DictConfig:
@@ -168,7 +169,7 @@ def fit(cfgs: list[DictConfig], members: list[Member], device: torch.device, res
 
 def resumed(members: list[Member]) -> list[dict[str, Any]] | None:
     """The members' last.pt to continue the pack from (a killed pack wrote them together), or None: start."""
-    paths = [m.run_dir / "checkpoints" / "last.pt" for m in members]
+    paths = [m.run_dir / CHECKPOINTS / "last.pt" for m in members]
     if not all(p.is_file() for p in paths):
         return None
     states = [checkpoint.load(p) for p in paths]

@@ -33,9 +33,9 @@ from cnnlab.config.schema import defines_result
 from cnnlab.errors import CheckpointError, ConfigError, UserError
 from cnnlab.records import checkpoint
 from cnnlab.records.results import flat
+from cnnlab.records.rundir import CHECKPOINTS, HISTORY, METRICS, TRAIN_LOG
 from cnnlab.records.status import read_status
 from cnnlab.training.hardware import resolve_device, resolve_precision
-from cnnlab.training.packed import TRAIN_LOG
 
 SKIP, RESUME, START, MISMATCH = "skip", "resume", "start", "mismatch"
 PACKED = "packed"  # a job's status once a pack of seeds trained it: its own job then tests and records it
@@ -67,14 +67,14 @@ def find_checkpoint(spec: str, output_dir: Path, overrides: Sequence[str]) -> Pa
         return newest_matching(output_dir, overrides)
     path = Path(spec)
     if path.is_dir():
-        path = path / "checkpoints" / "last.pt"
+        path = path / CHECKPOINTS / "last.pt"
         if not path.is_file():
             raise CheckpointError(
                 f"runtime.resume={spec}: {path} does not exist; the run stopped before its first checkpoint "
                 "(or ran with runtime.checkpoint=false). Start it again without runtime.resume."
             )
         return path
-    if path.is_file() and path.parent.name == "checkpoints":
+    if path.is_file() and path.parent.name == CHECKPOINTS:
         return path
     raise ConfigError("runtime.resume", spec, ALLOWED, "runtime.resume=auto")
 
@@ -83,7 +83,7 @@ def newest_matching(output_dir: Path, overrides: Sequence[str]) -> Path:
     wanted = comparable(overrides)
     found = []
     for file in Path(output_dir).rglob("overrides.yaml"):
-        last = run_dir_of(file) / "checkpoints" / "last.pt"
+        last = run_dir_of(file) / CHECKPOINTS / "last.pt"
         if file.parent.name == ".hydra" and last.is_file() and comparable(OmegaConf.load(file)) == wanted:
             found.append(last)
     if not found:
@@ -191,9 +191,9 @@ def action(job_dir: Path, overrides: Sequence[str], record: dict[str, Any] | Non
     if comparable(OmegaConf.load(started)) != comparable(overrides):  # e.g. hydra.sweep.subdir was changed
         return MISMATCH
     status = (record or {}).get("status")
-    if status == "completed" and (job_dir / "metrics.json").is_file():
+    if status == "completed" and (job_dir / METRICS).is_file():
         return SKIP
-    if status in (None, "running", "interrupted", PACKED) and (job_dir / "checkpoints" / "last.pt").is_file():
+    if status in (None, "running", "interrupted", PACKED) and (job_dir / CHECKPOINTS / "last.pt").is_file():
         return RESUME
     return START
 
@@ -216,14 +216,14 @@ def plan_job(hydra: DictConfig, resume: Any, job_dir: Path) -> JobPlan:
         )
     if what == START:
         clear(job_dir)
-    return JobPlan(what, job_dir / "checkpoints" / "last.pt" if what == RESUME else None, job_id)
+    return JobPlan(what, job_dir / CHECKPOINTS / "last.pt" if what == RESUME else None, job_id)
 
 
 def clear(job_dir: Path) -> None:
     """Before a job starts again: drop what an earlier attempt left; a first start keeps its config in .hydra/."""
-    for name in ("metrics.json", "history.jsonl", TRAIN_LOG):
+    for name in (METRICS, HISTORY, TRAIN_LOG):
         (job_dir / name).unlink(missing_ok=True)
-    shutil.rmtree(job_dir / "checkpoints", ignore_errors=True)
+    shutil.rmtree(job_dir / CHECKPOINTS, ignore_errors=True)
     first, again = job_dir / ".hydra", job_dir / RESUME_SUBDIR
     if not (first / "overrides.yaml").is_file() and again.is_dir():
         for file in again.iterdir():
@@ -234,5 +234,5 @@ def clear(job_dir: Path) -> None:
 
 def recorded(job_dir: Path, monitor: str | None) -> float:
     """The monitored value a completed job recorded (what a skipped job returns to the sweeper)."""
-    value = json.loads((job_dir / "metrics.json").read_text()).get(monitor) if monitor else None
+    value = json.loads((job_dir / METRICS).read_text()).get(monitor) if monitor else None
     return float(value) if isinstance(value, (int, float)) else float("nan")

@@ -24,6 +24,7 @@ from cnnlab.app import packing, resume
 from cnnlab.app.preflight import checkpoint_config
 from cnnlab.config.checks import validate
 from cnnlab.errors import Refused, UserError
+from cnnlab.records.rundir import HISTORY
 from cnnlab.records.status import read_status, write_status
 from cnnlab.records.tracking import NullLogger
 from cnnlab.tasks.build import boundary, build, seed_everything
@@ -91,7 +92,7 @@ def record_refusal(info: RunInfo, error: UserError, previous: dict | None) -> No
     elif info.resumed and previous and previous.get("status") != "running":
         restored = dict(previous)
         write_status(info.run_dir, restored.pop("status"), restored.pop("overrides", []), **restored)
-    elif (info.run_dir / "history.jsonl").exists():
+    elif (info.run_dir / HISTORY).exists():
         write_status(info.run_dir, "failed", info.overrides, error)
     else:
         write_status(info.run_dir, "rejected", info.overrides, error)

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from cnnlab.config.schema import MAP_BASELINES
 from cnnlab.data.canvas import kind_name
 from cnnlab.records import figures
+from cnnlab.records.rundir import METRICS
 from cnnlab.report.ranking import kind_order, ranked_markdown
 
 TASKS = ("localize", "cam")
@@ -77,7 +78,7 @@ def load_canvas_runs(root: Path) -> list[CanvasRun]:
     """The completed localize and cam runs under root: a dir with metrics.json, whose config is .hydra/config.yaml
     or, for runs without one (in-process, W&B agents), the flat task.* settings of metrics.json."""
     runs = []
-    for path in sorted(root.rglob("metrics.json")):
+    for path in sorted(root.rglob(METRICS)):
         metrics = json.loads(path.read_text())
         config = run_config(path.parent, metrics)
         if OmegaConf.select(config, "task.name", default=None) not in TASKS:

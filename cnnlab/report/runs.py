@@ -10,6 +10,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.config.overrides import values
+from cnnlab.records.rundir import HISTORY, METRICS, read_rows
 from cnnlab.records.status import sweep_statuses
 from cnnlab.sweeps.resume import MULTIRUN_FILE, not_started
 
@@ -68,12 +69,10 @@ def _run_dirs(root: Path) -> list[Run]:
         run = Run(job, [str(o) for o in overrides], config)  # type: ignore[union-attr, arg-type]
         if run.get("task.name") not in (None, "classify"):
             continue
-        metrics = json.loads((job / "metrics.json").read_text()) if (job / "metrics.json").exists() else {}
+        metrics = json.loads((job / METRICS).read_text()) if (job / METRICS).exists() else {}
         if "test_acc" in metrics:
             run.metrics = metrics
-            history = job / "history.jsonl"
-            if history.exists():
-                run.history = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
+            run.history = read_rows(job / HISTORY)
         elif status is not None and status.get("status") in ("failed", "diverged", "interrupted"):
             note_status(run, status)
         elif "status" in metrics:  # e.g. diverged, without a status.json

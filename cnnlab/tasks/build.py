@@ -33,6 +33,7 @@ from cnnlab.data.canvas import (
 from cnnlab.data.loader import DeviceLoader, split_train_val
 from cnnlab.errors import BadArgument, CheckpointError, ConfigError, DataError, UserError
 from cnnlab.records import checkpoint
+from cnnlab.records.rundir import CHECKPOINTS, HISTORY, read_rows
 from cnnlab.tasks.context import RunInfo
 
 log = logging.getLogger("cnnlab")
@@ -285,7 +286,7 @@ def checkpoint_path(reference: str | None, run_dir: Path) -> Path:
         return fetch_artifact(str(reference), run_dir / "artifacts")
     path = Path(reference)
     if path.is_dir():
-        best = path / "checkpoints" / "best.pt"
+        best = path / CHECKPOINTS / "best.pt"
         if not best.is_file():
             raise CheckpointError(
                 f"checkpoint={reference} is a folder without checkpoints/best.pt: pass a run dir of a run that "
@@ -341,5 +342,4 @@ def class_map_method(model: Any, task: DictConfig, black: torch.Tensor | None = 
 
 
 def history(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "history.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return read_rows(run_dir / HISTORY)

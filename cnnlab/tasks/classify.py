@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from cnnlab.records import checkpoint, figures
 from cnnlab.records.results import confusion
+from cnnlab.records.rundir import CHECKPOINTS, TRAIN_LOG, read_rows
 from cnnlab.tasks.build import boundary, build, build_loaders, class_names, history, typed
 from cnnlab.tasks.context import Context, TaskResult
 from cnnlab.tasks.publish import run_name, run_provenance, settings
-from cnnlab.training.packed import TRAIN_LOG
 from cnnlab.training.trainer import DivergenceError, Trainer
 
 log = logging.getLogger("cnnlab")
@@ -36,7 +36,7 @@ def run(ctx: Context) -> TaskResult:
     ctx.logger.summary({"params": params})
     optimizer = build(cfg.optimizer, "optimizer")(model.parameters())
     if ctx.resume is not None:
-        checkpoint.check_fits(model, ctx.resume["model"], run_dir / "checkpoints" / "last.pt")
+        checkpoint.check_fits(model, ctx.resume["model"], run_dir / CHECKPOINTS / "last.pt")
     monitor = cfg.task.monitor
     packed = (ctx.resume or {}).get("packed")  # a pack of seeds trained it (launcher=packed), up to this step:
     if packed:  # its W&B run gets what the pack logged and evaluated for it, as a lone run's Trainer logs them
@@ -76,20 +76,18 @@ def run(ctx: Context) -> TaskResult:
     }
     result = TaskResult(metrics, f"{name} on {cfg.dataset.name}", TABLE, monitor)
     if trainer.runtime.checkpoint:  # best.pt carries the final metrics, so evaluate can compare
-        best_pt = run_dir / "checkpoints" / "best.pt"
+        best_pt = run_dir / CHECKPOINTS / "best.pt"
         checkpoint.save({**checkpoint.load(best_pt), "metrics": metrics}, best_pt)
-        result.artifacts = [(best_pt, ["best"]), (run_dir / "checkpoints" / "last.pt", ["latest"])]
+        result.artifacts = [(best_pt, ["best"]), (run_dir / CHECKPOINTS / "last.pt", ["latest"])]
     if trainer.runtime.figures:
         result.figures = draw(ctx, records, test["preds"], loaders.test.y.cpu(), f"{name} on {cfg.dataset.name}")
     return result
 
 
-def replay_pack(ctx: Context, run_dir: Any, done: int) -> None:
+def replay_pack(ctx: Context, run_dir: Path, done: int) -> None:
     """A packed member's logger gets, in step order, the train/loss and lr the pack logged for it and its
     evaluations up to step `done`: the series a lone run's Trainer logs as it goes."""
-    path = run_dir / TRAIN_LOG
-    trained = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-    rows = [(r["step"], 0, {k: v for k, v in r.items() if k != "step"}) for r in trained]
+    rows = [(r["step"], 0, {k: v for k, v in r.items() if k != "step"}) for r in read_rows(run_dir / TRAIN_LOG)]
     rows += [(r["step"], 1, {f"eval/{k}": v for k, v in r.items() if k != "step"}) for r in history(run_dir)]
     for step, _, metrics in sorted(rows, key=lambda r: r[:2]):  # at one step: the train log, then the evaluation
         if step <= done:

@@ -9,6 +9,7 @@ from rich.console import Console
 
 from cnnlab.records.provenance import provenance
 from cnnlab.records.results import flat, print_table, write_json
+from cnnlab.records.rundir import METRICS
 from cnnlab.tasks.context import Context, TaskResult
 
 
@@ -16,7 +17,7 @@ def publish(result: TaskResult, ctx: Context) -> float:
     """Write and show `result`; return its monitored value (what a Hydra sweeper optimizes)."""
     result.metrics = {"status": "completed", **result.metrics}  # a diverged result says so itself
     result.metrics["provenance"] = run_provenance(ctx)
-    write_json(ctx.run_dir / "metrics.json", result.metrics)
+    write_json(ctx.run_dir / METRICS, result.metrics)
     ctx.logger.summary(result.metrics)
     if result.figures:
         ctx.logger.images(result.figures)

@@ -11,7 +11,6 @@ them); the pack resumes from its members' last.pt.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -26,11 +25,10 @@ from cnnlab.data.loader import DeviceLoader
 from cnnlab.models.packed import member_outputs, pack_tree, unpack_tree
 from cnnlab.records import checkpoint
 from cnnlab.records.progress import Progress
+from cnnlab.records.rundir import CHECKPOINTS, HISTORY, TRAIN_LOG, append_row, truncate_rows
 from cnnlab.records.status import write_status
 from cnnlab.training.state import TrainState
-from cnnlab.training.trainer import DivergenceError, Parts, Trainer, truncate_history
-
-TRAIN_LOG = "packed_train.jsonl"  # a member's train/loss and lr at each log point of its pack
+from cnnlab.training.trainer import DivergenceError, Parts, Trainer
 
 
 class PackedLoader:
@@ -108,8 +106,8 @@ class PackedTrainer(Trainer):
         state = super()._start(parts, packed)  # as a lone run resumes: weights, optimizer, schedule, RNG
         for member, s in zip(self.members, saved, strict=True):
             member.best, member.best_step, member.best_model = s["best"], s["best_step"], s["best_model"]
-            truncate_history(member.run_dir / "history.jsonl", state.step)
-            truncate_history(member.run_dir / TRAIN_LOG, state.step)
+            truncate_rows(member.run_dir / HISTORY, state.step)
+            truncate_rows(member.run_dir / TRAIN_LOG, state.step)
         return state
 
     def _train_step(self, parts: Parts, state: TrainState, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
@@ -142,8 +140,7 @@ class PackedTrainer(Trainer):
         progress.update(state.step, epoch, mean_loss, acc, batch_size=parts.batch_size)
         lr = parts.scheduler.get_last_lr()[0]
         for i in alive:  # what a lone run's logger gets here: the member's W&B run replays it (tasks/classify)
-            with (self.members[i].run_dir / TRAIN_LOG).open("a") as f:
-                f.write(json.dumps({"step": state.step, "train/loss": means[i], "lr": lr}) + "\n")
+            append_row(self.members[i].run_dir / TRAIN_LOG, {"step": state.step, "train/loss": means[i], "lr": lr})
 
     def _check_finite(self, parts: Parts, state: TrainState, since: int, ok: Any = None) -> None:
         """Members whose loss is no longer finite: each is recorded as diverged and leaves the pack; the run
@@ -184,8 +181,7 @@ class PackedTrainer(Trainer):
                    "val_acc": result["acc"][i], "lr": parts.scheduler.get_last_lr()[0]}  # fmt: skip
             if tested is not None:
                 row |= {"test_loss": tested["loss"][i], "test_acc": tested["acc"][i]}
-            with (member.run_dir / "history.jsonl").open("a") as f:
-                f.write(json.dumps(row) + "\n")
+            append_row(member.run_dir / HISTORY, row)
             value, higher = row[parts.monitor], not parts.monitor.endswith("loss")
             if member.best is None or (value > member.best if higher else value < member.best):
                 weights = weights or unpack_tree(parts.model.state_dict(), self.k)
@@ -224,5 +220,5 @@ class PackedTrainer(Trainer):
                 "wandb_id": None,
                 "packed": self.k,
             },
-            member.run_dir / "checkpoints" / f"{name}.pt",
+            member.run_dir / CHECKPOINTS / f"{name}.pt",
         )

@@ -8,7 +8,6 @@ zero_grad(set_to_none=True), optional channels_last, autocast and torch.compile.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -27,6 +26,7 @@ from cnnlab.data.loader import DeviceLoader
 from cnnlab.errors import UserError
 from cnnlab.records import checkpoint
 from cnnlab.records.progress import Progress
+from cnnlab.records.rundir import CHECKPOINTS, HISTORY, append_row, truncate_rows
 from cnnlab.records.tracking import NullLogger
 from cnnlab.training import hardware
 from cnnlab.training.profile import profiler
@@ -65,20 +65,6 @@ class DivergenceError(UserError):
     def __init__(self, message: str, state: TrainState) -> None:
         super().__init__(message)
         self.state = state
-
-
-def truncate_history(path: Path, step: int) -> None:
-    """Keep the evaluations up to `step`: a resumed run redoes the later ones (and drops a line cut by a kill)."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                kept.append(line + "\n")
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue
-    path.write_text("".join(kept))
 
 
 def due(state: TrainState, epoch_ended: bool, total: int, every: int | None, save_every: int | None) -> str | None:
@@ -289,7 +275,7 @@ class Trainer:
         parts.scaler.load_state_dict(resume["scaler"])
         checkpoint.set_rng_states(resume["rng"])
         state = TrainState.from_checkpoint(resume, self.device)
-        truncate_history(self.run_dir / "history.jsonl", state.step)
+        truncate_rows(self.run_dir / HISTORY, state.step)
         return state
 
     @staticmethod
@@ -363,8 +349,7 @@ class Trainer:
             row |= {"test_loss": tested["loss"], "test_acc": tested["acc"]}
         state.reset_window()
         state.last_eval = state.step
-        with (self.run_dir / "history.jsonl").open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_row(self.run_dir / HISTORY, row)
         self.logger.log({f"eval/{k}": v for k, v in row.items() if k != "step"}, step=state.step)
         if state.improved(row[parts.monitor], higher_is_better=not parts.monitor.endswith("loss")):
             state.best, state.best_step = row[parts.monitor], state.step
@@ -399,12 +384,12 @@ class Trainer:
                 "rng": checkpoint.rng_states(),
                 "wandb_id": self.logger.run_id,
             },
-            self.run_dir / "checkpoints" / f"{name}.pt",
+            self.run_dir / CHECKPOINTS / f"{name}.pt",
         )
 
     def _interrupt(self, parts: Parts, state: TrainState) -> None:
         self._save(parts, state)
-        last = self.run_dir / "checkpoints" / "last.pt"
+        last = self.run_dir / CHECKPOINTS / "last.pt"
         raise Interrupted(str(stop.signal_name), state.step, str(last) if self.runtime.checkpoint else None)
 
     def _speed(self, parts: Parts, state: TrainState) -> dict[str, Any]:
