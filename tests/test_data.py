@@ -11,7 +11,7 @@ import torch
 from torchvision import datasets
 
 from cnnlab.data import sources
-from cnnlab.data.loader import DeviceLoader, split_train_val
+from cnnlab.data.loader import DeviceLoader, rotated, split_train_val
 from cnnlab.errors import DataError
 from tests.helpers import synthetic_digits, write_cifar10, write_idx, write_mnist
 
@@ -214,6 +214,32 @@ def test_augmentation_shapes_and_values():
     assert round((0 - 0.5) / 0.25, 4) in {round(v, 4) for v in values}  # zero padding shows up
     flipped = (xb[:, 0, 4, 3] > xb[:, 0, 4, 4]).sum()  # bright left of dark
     assert 0 < flipped < 64
+
+
+def test_rotation_turns_about_the_centre():
+    x = torch.zeros(2, 1, 9, 9)
+    x[:, 0, 1, 4] = 1.0  # a dot above the centre
+    turned = rotated(x, torch.tensor([90.0, 0.0]))
+    assert torch.allclose(turned[0], torch.rot90(x[0], 1, (1, 2)), atol=1e-5)  # a quarter turn: exact
+    assert torch.allclose(turned[1], x[1], atol=1e-6)  # 0 degrees: the image itself
+
+
+def test_rotation_is_seeded_and_bounded():
+    x = torch.zeros(64, 1, 28, 28, dtype=torch.uint8)
+    x[:, :, 4:24, 13:15] = 255  # an upright bar: a turn spreads it sideways
+    kw = dict(batch_size=64, mean=[0.0], std=[1 / 255], shuffle=True, seed=3)
+    a, b = (
+        DeviceLoader(x, torch.zeros(64, dtype=torch.long), rotate=10, **kw),
+        DeviceLoader(x, torch.zeros(64, dtype=torch.long), rotate=10, **kw),
+    )
+    ((xa, _),), ((xb, _),) = list(a.batches(epoch=1)), list(b.batches(epoch=1))
+    assert torch.equal(xa, xb)  # (seed, epoch) decide the angles: resume sees the same batches
+    assert not torch.equal(xa, x.float())
+    width = (xa[:, 0, 4] > 0).sum(1)  # the bar's top row widens with the angle, at most tan(10 deg) * 10 px a side
+    assert width.max() > 2 and width.max() <= 2 + 2 * 2
+    plain = DeviceLoader(x, torch.zeros(64, dtype=torch.long), **kw)
+    same = DeviceLoader(x, torch.zeros(64, dtype=torch.long), rotate=0, **kw)
+    assert torch.equal(next(iter(plain.batches(2)))[0], next(iter(same.batches(2)))[0])
 
 
 def test_normalization_matches_torchvision():

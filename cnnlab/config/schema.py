@@ -90,6 +90,8 @@ class ResNetConfig:
 class AugmentConfig:
     pad: int = rule(0, *NON_NEGATIVE)
     flip: bool = False
+    # a random rotation of each image by up to this many degrees either way (digits: ~10); 0: none
+    rotate: float = rule(0.0, "0 to 180 degrees", lambda v: 0 <= v <= 180)
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The fast data path: a whole split as one uint8 tensor on the run's device, batched on the device.
 
-Shuffling, pad-and-crop, horizontal flips and normalization are vectorized over the batch: no per-sample
+Shuffling, pad-and-crop, horizontal flips, rotations and normalization are vectorized over the batch: no per-sample
 Python, no PIL, no worker processes. The permutation and augmentation of epoch e follow from (seed, e)
 alone, drawn for the whole epoch up front, so a run resumed at batch i of epoch e sees the same batches.
 """
@@ -42,6 +42,7 @@ class DeviceLoader:
         shuffle: bool = False,
         pad: int = 0,
         flip: bool = False,
+        rotate: float = 0.0,
         seed: int = 0,
         channels_last: bool = False,
         drop_last: bool = False,
@@ -55,6 +56,7 @@ class DeviceLoader:
         self.x = x.to(device, non_blocking=True)
         self.y = y.to(device, non_blocking=True)
         self.batch_size, self.shuffle, self.pad, self.flip, self.seed = batch_size, shuffle, pad, flip, seed
+        self.rotate = rotate  # degrees, either way
         self.drop_last = drop_last  # one batch shape (torch.compile); the epoch's permutation is unchanged
         # samples pad-and-crop leaves in place (background patches: a shift could bring a cut digit into view)
         self.uncropped = None if uncropped is None else uncropped.to(device)
@@ -73,8 +75,8 @@ class DeviceLoader:
     def batches(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield the batches of `epoch`, beginning at batch index `start` (for exact resume)."""
         n, device = len(self.y), self.x.device
-        order = offsets = flips = None
-        if self.shuffle or self.pad or self.flip:
+        order = offsets = flips = angles = None
+        if self.shuffle or self.pad or self.flip or self.rotate:
             g = epoch_generator(self.seed, epoch)
             order = torch.randperm(n, generator=g).to(device) if self.shuffle else None
             if self.pad:
@@ -83,10 +85,14 @@ class DeviceLoader:
                     offsets[self.uncropped if order is None else self.uncropped[order]] = self.pad  # by position
             if self.flip:
                 flips = (torch.rand(n, generator=g) < 0.5).to(device)
+            if self.rotate:  # drawn last: runs without rotation keep their epochs' streams
+                angles = ((torch.rand(n, generator=g) * 2 - 1) * self.rotate).to(device)
         for i in range(start, len(self)):
             idx = slice(i * self.batch_size, (i + 1) * self.batch_size)
             rows = order[idx] if order is not None else idx
             xb, yb = self.x[rows], self.y[rows]
+            if angles is not None:
+                xb = rotated(xb.float(), angles[idx])
             if offsets is not None or flips is not None:
                 xb = crop_and_flip(
                     xb,
@@ -99,6 +105,16 @@ class DeviceLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.batches()
+
+
+def rotated(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Each image turned about its centre by its angle (bilinear, black where the turn brings in the outside),
+    as torchvision's RandomRotation, for the whole batch in one grid sample."""
+    theta = torch.deg2rad(degrees.float())
+    cos, sin, zero = theta.cos(), theta.sin(), torch.zeros_like(theta)
+    matrix = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = F.affine_grid(matrix, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def crop_and_flip(x: torch.Tensor, pad: int, offsets: torch.Tensor | None, flips: torch.Tensor | None) -> torch.Tensor:

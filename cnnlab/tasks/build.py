@@ -220,6 +220,7 @@ def build_loaders(
             shuffle=True,
             pad=int(augment.get("pad", 0)),
             flip=bool(augment.get("flip", False)),
+            rotate=float(augment.get("rotate", 0.0)),
             seed=seed,
             drop_last=trainer.drop_last,
             uncropped=uncropped,
