@@ -562,10 +562,10 @@ def composition_error(overrides: list[str]) -> ConfigError:
         (["logger=none", "logger.mode=offline"], "logger=none has no", "logger=wandb logger.mode=offline"),
         (["logger=none", "logger.foo=1"], "logger has no keys", "logger=wandb"),
         (["trainer.batch_sise=64"], "trainer has no key", "trainer.batch_size=64"),
-        (["dataset.augment=null", "dataset.augment.pad=4"], "augment: {pad: 4, flip: false}", None),
-        (["dataset.augment=null", "+dataset.augment.pad=4"], "augment: {pad: 4, flip: false}", None),
+        (["dataset.augment=null", "dataset.augment.pad=4"], "augment: {pad: 4, flip: false, rotate: 0.0}", None),
+        (["dataset.augment=null", "+dataset.augment.pad=4"], "augment: {pad: 4, flip: false, rotate: 0.0}", None),
         (["dataset=cifar10", "dataset.augment.pad=abc"], "an integer: 0 or more", "dataset.augment.pad=0"),
-        (["dataset.augment=foo"], "{pad:0,flip:false} or null", "dataset.augment=null"),
+        (["dataset.augment=foo"], "{pad:0,flip:false,rotate:0.0} or null", "dataset.augment=null"),
     ],
 )
 def test_composition_errors_name_the_key_and_a_fix_that_is_not_the_same_override(overrides, says, fix):
@@ -582,7 +582,7 @@ def test_augment_works_where_the_dataset_has_it():
     cfg = composed("dataset=cifar10", "dataset.augment.pad=2", "dataset.augment.flip=false")
     assert (cfg.dataset.augment.pad, cfg.dataset.augment.flip) == (2, False)
     for name in ("mnist", "mnist_sample", "fashion_mnist"):  # off by default, on from the command line
-        assert composed(f"dataset={name}").dataset.augment == {"pad": 0, "flip": False}
+        assert composed(f"dataset={name}").dataset.augment == {"pad": 0, "flip": False, "rotate": 0.0}
         assert composed(f"dataset={name}", "dataset.augment.pad=4").dataset.augment.pad == 4
     assert composed("dataset=cifar10", "dataset.augment=null").dataset.augment is None
 
