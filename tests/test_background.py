@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from cnnlab.config.checks import validate
 from cnnlab.config.schema import outputs
 from cnnlab.data import canvas
-from cnnlab.data.canvas import background_patches
+from cnnlab.data.canvas import background_patches, context_digits
 from cnnlab.data.loader import DeviceLoader
 from cnnlab.errors import ConfigError
 from cnnlab.records import figures
@@ -123,6 +123,27 @@ def test_background_on_cifar10_stops_the_cli_before_a_run_dir(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_context_digits_keep_their_digit_whole_and_add_ink_at_its_border():
+    images = block_digits(10)
+    images[:, :, 4:24, 4:24] = torch.arange(1, 11, dtype=torch.uint8).view(10, 1, 1, 1) * 20  # tell them apart
+    out, which = context_digits(images, 200, seed=2)
+    assert out.shape == (200, 1, 28, 28) and out.dtype == torch.uint8 and which.shape == (200,)
+    again, same = context_digits(images, 200, seed=2)
+    assert torch.equal(out, again) and torch.equal(which, same)
+    assert (out >= images[which]).all() and holds_a_whole_digit(out).all()  # pasted by maximum: the digit stays
+    added = (out > images[which]).flatten(1).any(1)
+    assert added.float().mean() > 0.8, added.float().mean()  # a neighbour's edge or fragments (some fall outside)
+    outside = out[:, :, :4].flatten(1).amax(1) + out[:, :, 24:].flatten(1).amax(1) + out[:, :, :, :4].flatten(1).amax(1)
+    assert (outside > 0).float().mean() > 0.3  # ink around the digit, where a crop on a canvas shows a neighbour
+
+
+def test_context_needs_a_background_class():
+    with pytest.raises(ConfigError) as caught:
+        validate(composed("dataset.context=0.5"))
+    assert (caught.value.key, caught.value.fix) == ("dataset.context", "dataset.background=0.25")
+    validate(composed("dataset.context=0.5", "dataset.background=0.25"))
+
+
 # ---------------------------------------------------------------- the loaders
 
 
@@ -172,6 +193,23 @@ def test_build_loaders_appends_background_patches_to_train_and_val(loaders):
     assert torch.equal(with_bg.train.uncropped, torch.arange(8750) >= 7000)
     assert with_bg.val.uncropped is None and with_bg.train.pad == 8
     assert torch.equal(with_bg.test.x, plain.test.x) and torch.equal(with_bg.test.y, plain.test.y)
+
+
+def test_build_loaders_adds_context_digits_with_their_own_labels(loaders):
+    with_bg, plain = loaders
+    cfg = composed("dataset.background=0.25", "dataset.context=0.5", "dataset.augment.pad=8")
+    ctx = build_loaders(cfg.dataset, typed(cfg.trainer), typed(cfg.runtime), 0, torch.device("cpu"))
+    train = ctx.train
+    assert train.num_samples == 7000 + 3500 + 1750 and ctx.val.num_samples == 1000 + 500 + 250
+    assert torch.equal(train.x[:7000], plain.train.x) and torch.equal(train.x[10500:], with_bg.train.x[7000:])
+    digits, labels = train.x[7000:10500], train.y[7000:10500]
+    assert (labels < 10).all() and len(labels.unique()) == 10
+    # each context digit holds a training digit of its label whole (pasted by maximum)
+    sources = plain.train.x.flatten(1).int()
+    for i in range(0, 3500, 500):
+        covered = (digits[i].flatten().int() >= sources).all(1)
+        assert covered.any() and (plain.train.y[covered] == labels[i]).all()
+    assert torch.equal(train.uncropped, torch.arange(12250) >= 10500)  # only the background patches stay put
 
 
 # ---------------------------------------------------------------- the per-cell scores of the canvas evaluation

@@ -109,6 +109,9 @@ class DatasetConfig:
     # > 0: an extra class, background (the last index), of this many patches per training image: OverFeat's
     # background class, which lets a classifier made fully convolutional tell a digit from ink and empty canvas
     background: float = rule(0.0, "0 (no background class) or a positive fraction such as 0.25", lambda v: v >= 0)
+    # with a background class: this many extra digits per training image shown as a box's crop on a canvas shows
+    # them (a neighbour's edge or fragments at the border), each labelled by its own digit
+    context: float = rule(0.0, "0 (none) or a positive fraction such as 0.5", lambda v: v >= 0)
 
     @staticmethod
     def cross_checks(node: DictConfig) -> Iterator[ConfigError]:
@@ -125,6 +128,9 @@ class DatasetConfig:
                 "0 for this dataset: the background class is made of canvas patches, for the MNIST family",
                 "dataset.background=0",
             )
+        if node.get("context", 0) and not node.get("background", 0):
+            yield ConfigError("dataset.context", node.context, "0 without a background class (dataset.background=0)",
+                              "dataset.background=0.25")  # fmt: skip
 
 
 # ---------------------------------------------------------------- optimizer

@@ -139,14 +139,39 @@ def background_patches(
         for _ in range(int(torch.randint(1, most_fragments + 1, (1,), generator=g))):
             y, x = torch.randint(-fragment // 2, height - fragment // 2 + 1, (2,), generator=g).tolist()
             _paste(out[n], _fragment(images, fragment, g), y, x)
-        if kind >= 2:  # a neighbour's edge: offset >= margin along one axis, anything along the other
-            far = int(torch.randint(BACKGROUND_MARGIN, BACKGROUND_REACH + 1, (1,), generator=g))
-            near = int(torch.randint(-BACKGROUND_REACH, BACKGROUND_REACH + 1, (1,), generator=g))
-            sign = 1 if torch.rand(1, generator=g) < 0.5 else -1
-            dy, dx = (sign * far, near) if torch.rand(1, generator=g) < 0.5 else (near, sign * far)
-            digit = images[torch.randint(0, len(images), (1,), generator=g).item()]
-            _paste(out[n], digit, dy, dx)
+        if kind >= 2:
+            _neighbour_edge(out[n], images, g)
     return out
+
+
+def context_digits(
+    images: torch.Tensor, count: int, fragment: int = 8, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`count` digits as a box's crop on a canvas shows them: half with the edge of a neighbouring digit, half
+    with one or two fragments of digits, each still its own digit. Returns the images and which of `images`
+    each one is (its label)."""
+    g = torch.Generator().manual_seed(seed)
+    which = torch.randint(0, len(images), (count,), generator=g)
+    out = images[which].clone()
+    height = images.shape[2]
+    for n in range(count):
+        if torch.rand(1, generator=g) < 0.5:
+            _neighbour_edge(out[n], images, g)
+            continue
+        for _ in range(int(torch.randint(1, 3, (1,), generator=g))):
+            y, x = torch.randint(-fragment // 2, height - fragment // 2 + 1, (2,), generator=g).tolist()
+            _paste(out[n], _fragment(images, fragment, g), y, x)
+    return out, which
+
+
+def _neighbour_edge(patch: torch.Tensor, images: torch.Tensor, g: torch.Generator) -> None:
+    """Paste a random digit whose centre lies BACKGROUND_MARGIN to BACKGROUND_REACH pixels from the patch's
+    along one axis (anything along the other): its edge shows, as a neighbour's does on a canvas."""
+    far = int(torch.randint(BACKGROUND_MARGIN, BACKGROUND_REACH + 1, (1,), generator=g))
+    near = int(torch.randint(-BACKGROUND_REACH, BACKGROUND_REACH + 1, (1,), generator=g))
+    sign = 1 if torch.rand(1, generator=g) < 0.5 else -1
+    dy, dx = (sign * far, near) if torch.rand(1, generator=g) < 0.5 else (near, sign * far)
+    _paste(patch, images[torch.randint(0, len(images), (1,), generator=g).item()], dy, dx)
 
 
 def _paste(canvas: torch.Tensor, piece: torch.Tensor, y: int, x: int) -> None:

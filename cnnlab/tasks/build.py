@@ -27,6 +27,7 @@ from cnnlab.data.canvas import (
     Canvases,
     background_patches,
     check_canvas_config,
+    context_digits,
     kind_name,
     make_canvases,
 )
@@ -236,11 +237,14 @@ def build_loaders(
 def with_background(
     x: torch.Tensor, y: torch.Tensor, dataset: DictConfig, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The split plus round(background x its size) background patches of label num_classes (the last), and
-    which samples are those patches (pad-and-crop leaves them in place)."""
+    """The split plus round(background x its size) background patches of label num_classes (the last) and
+    round(context x its size) context digits, and which samples are the patches (pad-and-crop leaves them)."""
     count = max(1, round(float(dataset.background) * len(y)))
     patches = background_patches(x, count, seed=seed)
     labels = torch.full((count,), int(dataset.num_classes), dtype=y.dtype)
+    if dataset.get("context", 0):  # digits as crops on a canvas show them, labelled by their own digit
+        extra, which = context_digits(x, max(1, round(float(dataset.context) * len(y))), seed=seed + 1_000_003)
+        x, y = torch.cat([x, extra]), torch.cat([y, y[which]])
     uncropped = torch.cat([torch.zeros(len(y), dtype=torch.bool), torch.ones(count, dtype=torch.bool)])
     return torch.cat([x, patches]), torch.cat([y, labels]), uncropped
 
