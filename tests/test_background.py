@@ -140,7 +140,8 @@ def test_context_digits_keep_their_digit_whole_and_add_ink_at_its_border():
 def test_context_needs_a_background_class():
     with pytest.raises(ConfigError) as caught:
         validate(composed("dataset.context=0.5"))
-    assert (caught.value.key, caught.value.fix) == ("dataset.context", "dataset.background=0.25")
+    assert (caught.value.key, caught.value.fix) == ("dataset.context", "dataset.context=0")
+    assert "background class" in str(caught.value) and "\n" not in str(caught.value)
     validate(composed("dataset.context=0.5", "dataset.background=0.25"))
 
 

@@ -129,8 +129,8 @@ class DatasetConfig:
                 "dataset.background=0",
             )
         if node.get("context", 0) and not node.get("background", 0):
-            yield ConfigError("dataset.context", node.context, "0 without a background class (dataset.background=0)",
-                              "dataset.background=0.25")  # fmt: skip
+            yield ConfigError("dataset.context", node.context, "0 without a background class (dataset.background > 0, "
+                              "the MNIST family, allows more)", "dataset.context=0")  # fmt: skip
 
 
 # ---------------------------------------------------------------- optimizer
