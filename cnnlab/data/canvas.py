@@ -136,9 +136,7 @@ def background_patches(
         kind = int(torch.randint(0, 4, (1,), generator=g))
         if kind == 0:
             continue  # empty: the black of a canvas
-        for _ in range(int(torch.randint(1, most_fragments + 1, (1,), generator=g))):
-            y, x = torch.randint(-fragment // 2, height - fragment // 2 + 1, (2,), generator=g).tolist()
-            _paste(out[n], _fragment(images, fragment, g), y, x)
+        _fragments(out[n], images, most_fragments, fragment, g)
         if kind >= 2:
             _neighbour_edge(out[n], images, g)
     return out
@@ -153,15 +151,20 @@ def context_digits(
     g = torch.Generator().manual_seed(seed)
     which = torch.randint(0, len(images), (count,), generator=g)
     out = images[which].clone()
-    height = images.shape[2]
     for n in range(count):
         if torch.rand(1, generator=g) < 0.5:
             _neighbour_edge(out[n], images, g)
-            continue
-        for _ in range(int(torch.randint(1, 3, (1,), generator=g))):
-            y, x = torch.randint(-fragment // 2, height - fragment // 2 + 1, (2,), generator=g).tolist()
-            _paste(out[n], _fragment(images, fragment, g), y, x)
+        else:
+            _fragments(out[n], images, 2, fragment, g)
     return out, which
+
+
+def _fragments(patch: torch.Tensor, images: torch.Tensor, most: int, side: int, g: torch.Generator) -> None:
+    """Paste 1 to `most` side x side fragments of random digits anywhere on the patch (half may hang out)."""
+    height = patch.shape[1]
+    for _ in range(int(torch.randint(1, most + 1, (1,), generator=g))):
+        y, x = torch.randint(-side // 2, height - side // 2 + 1, (2,), generator=g).tolist()
+        _paste(patch, _fragment(images, side, g), y, x)
 
 
 def _neighbour_edge(patch: torch.Tensor, images: torch.Tensor, g: torch.Generator) -> None:
